@@ -1,0 +1,38 @@
+# bert4ray — every target sets itself up: it creates .venv and installs on first use.
+#   make quickstart   train a tiny SimBERT on Ray and show generations and retrievals
+#   make test         the default test suite (unit + small real Ray runs)
+#   make test-slow    the longer end-to-end tests
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install quickstart test test-slow quality style bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q -U pip
+	# Pin torch first: left alone, deepspeed's "torch>=2" would pull a multi-GB CUDA build.
+	$(BIN)/python -m pip install -q "torch==2.13.0"
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+quickstart: $(STAMP)
+	$(BIN)/bert4ray quickstart
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow
+
+quality: $(STAMP)
+	$(BIN)/ruff check .
+
+style: $(STAMP)
+	$(BIN)/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) bert4ray-runs *.egg-info

@@ -1,0 +1,1 @@
+"""bert4ray pipelines: Ray jobs and the command line."""
