@@ -40,6 +40,13 @@ def _is_word_char(ch: str) -> bool:
     return ch.isalnum() and not _is_cjk(ch)
 
 
+def _needs_space(prev: str, first: str) -> bool:
+    """A space separates two Latin words/numbers, and follows ASCII punctuation before a word."""
+    if _is_word_char(first):
+        return _is_word_char(prev) or prev in ",.!?;:]"
+    return first == "[" and _is_word_char(prev)
+
+
 class Tokenizer:
     def __init__(self, vocab_file: str | Path, lowercase: bool = True, max_length: int = 512):
         vocab_file = Path(vocab_file)
@@ -157,11 +164,7 @@ class Tokenizer:
             tok = self.id_to_token.get(i, "[UNK]")
             if tok.startswith("##"):
                 out += tok[2:]
-            elif out and _is_word_char(out[-1]) and _is_word_char(tok[0]):
-                out += " " + tok
-            elif out and _is_word_char(tok[0]) and (out[-1] in ",.!?;:" or out[-1] == "]"):
-                out += " " + tok
-            elif out and tok[0] == "[" and _is_word_char(out[-1]):
+            elif out and _needs_space(out[-1], tok[0]):
                 out += " " + tok
             else:
                 out += tok

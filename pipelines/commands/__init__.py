@@ -1,0 +1,1 @@
+"""Subcommands of the `bert4ray` command line; see pipelines/cli.py."""
