@@ -77,6 +77,7 @@ class Tokenizer:
             special_tokens=[("[CLS]", self.cls_id), ("[SEP]", self.sep_id)])
         tok.decoder = decoders.WordPiece(prefix="##")
         self._tok = tok
+        self._by_length: dict[int, HFTokenizer] = {}
 
     @property
     def vocab_size(self) -> int:
@@ -109,24 +110,24 @@ class Tokenizer:
 
     def encode(self, text: str, pair: str | None = None, max_length: int | None = None
                ) -> tuple[list[int], list[int]]:
-        """[CLS] text [SEP] (pair [SEP]) -> (ids, segment ids), truncated to max_length
-        (the longer side is shortened first, as BERT does)."""
-        max_length = max_length or self.max_length
-        a = self._tok.encode(text, add_special_tokens=False).ids
-        b = self._tok.encode(pair, add_special_tokens=False).ids if pair is not None else None
-        budget = max_length - (3 if b is not None else 2)
-        if budget < 1:
+        """[CLS] text [SEP] (pair [SEP]) -> (ids, segment ids), truncated to max_length with the
+        longest-first rule (the same cut as transformers' tokenizers)."""
+        if not isinstance(text, str) or (pair is not None and not isinstance(pair, str)):
+            raise TypeError(f"text must be a string, got {type(text).__name__}")
+        enc = self._truncating(max_length or self.max_length).encode(text, pair)
+        return enc.ids, enc.type_ids
+
+    def _truncating(self, max_length: int) -> HFTokenizer:
+        """A copy of the tokenizer that truncates to max_length (kept per length: the Rust
+        tokenizer holds truncation as state, so one shared object cannot serve two lengths)."""
+        if max_length < 4:
             raise ValueError(f"max_length {max_length} leaves no room for text")
-        if b is None:
-            a = a[:budget]
-            return [self.cls_id, *a, self.sep_id], [0] * (len(a) + 2)
-        while len(a) + len(b) > budget:
-            if len(a) >= len(b):
-                a = a[:-1]
-            else:
-                b = b[:-1]
-        ids = [self.cls_id, *a, self.sep_id, *b, self.sep_id]
-        return ids, [0] * (len(a) + 2) + [1] * (len(b) + 1)
+        tok = self._by_length.get(max_length)
+        if tok is None:
+            tok = HFTokenizer.from_str(self._tok.to_str())
+            tok.enable_truncation(max_length, strategy="longest_first")
+            self._by_length[max_length] = tok
+        return tok
 
     def encode_batch(self, texts: list[str], pairs: list[str] | None = None,
                      max_length: int | None = None) -> Batch:
