@@ -61,6 +61,8 @@ class ModelConfig:
     """ε of the (non-monotonic) self-terminating layer: p_eos,t >= 1 - (1-ε)^t."""
     eos_token_id: int | None = None
     """Token that ends generation (for BERT vocabularies: [SEP]); needed by ST heads."""
+    pooler_activation: str = "tanh"
+    """Activation of the pooler over [CLS]: `tanh` (BERT) or `linear` (SimBERT's retrieval vector)."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Unused Hugging Face keys, kept so that a round trip does not lose them."""
 
@@ -84,6 +86,7 @@ class ModelConfig:
         _check_choice("hidden_act", self.hidden_act, ACTIVATIONS)
         _check_choice("attention", self.attention, ATTENTION_KINDS)
         _check_choice("termination", self.termination, TERMINATION_HEADS)
+        _check_choice("pooler_activation", self.pooler_activation, ("tanh", "linear"))
         _check_choice("position_embedding_type", self.position_embedding_type, ("absolute",))
         if not 0 <= self.pad_token_id < self.vocab_size:
             raise ConfigError(f"config key 'pad_token_id' ({self.pad_token_id}) is outside the vocabulary")
@@ -107,7 +110,7 @@ class ModelConfig:
 
     # --- (de)serialisation ------------------------------------------------------------------
     _BERT4RAY_KEYS = ("attention", "num_labels", "labels", "termination", "termination_epsilon",
-                      "eos_token_id")
+                      "eos_token_id", "pooler_activation")
 
     @classmethod
     def from_dict(cls, hf: dict[str, Any], bert4ray: dict[str, Any] | None = None) -> ModelConfig:

@@ -181,8 +181,10 @@ class Transformer(nn.Module):
         return F.linear(h, self.embeddings.word_embeddings.weight, self.mlm_bias)
 
     def pool(self, hidden: torch.Tensor) -> torch.Tensor:
-        """(B, T, H) -> (B, H): tanh of a linear map of the [CLS] (first) position."""
-        return torch.tanh(self.pooler(hidden[:, 0]))
+        """(B, T, H) -> (B, H): a linear map of the [CLS] (first) position, then tanh (BERT) or
+        nothing (`pooler_activation: linear`, SimBERT's retrieval vector)."""
+        pooled = self.pooler(hidden[:, 0])
+        return torch.tanh(pooled) if self.config.pooler_activation == "tanh" else pooled
 
     def embed(self, input_ids: torch.Tensor, segment_ids: torch.Tensor | None = None) -> torch.Tensor:
         """The embedding output (B, T, H) for a fresh (uncached) sequence; perturb it and pass it

@@ -135,6 +135,21 @@ def load_model(cls, model_dir, config: ModelConfig | None = None, report: list[s
     return model
 
 
+def model_fingerprint(model_dir: str | Path) -> str:
+    """SHA-256 over the weights file and config.json: the identity of a model directory (indexes
+    record it; /v1/models reports it)."""
+    import hashlib
+    model_dir = Path(model_dir)
+    h = hashlib.sha256()
+    for name in ("config.json", "model.safetensors", "pytorch_model.bin"):
+        path = model_dir / name
+        if path.is_file():
+            with open(path, "rb") as fh:
+                for block in iter(lambda fh=fh: fh.read(1 << 20), b""):
+                    h.update(block)
+    return h.hexdigest()
+
+
 def save_model(model, model_dir, metadata: dict | None = None) -> None:
     """Write the model directory atomically. `metadata` merges into bert4ray.json (task, decoding
     defaults, ...); a vocab.txt already in place (or given as metadata['vocab_file']) is kept."""
