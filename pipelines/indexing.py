@@ -1,0 +1,102 @@
+"""Embed a corpus with Ray Data and build the retrieval index (`bert4ray index`).
+
+    corpus (JSON Lines / Parquet rows {"id"?, "text"} or SimBERT groups {"texts": [...]})
+      -> Ray Data -> map_batches(Embedder actors, each loading the model once)
+      -> VectorIndex (exact, or HNSW beyond a threshold) saved with its table and fingerprint
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from components.index import VectorIndex
+from components.weights import model_fingerprint
+
+
+class CorpusError(ValueError):
+    """The corpus file cannot be read or holds no usable text."""
+
+
+def read_corpus(path: str | Path) -> list[dict]:
+    """Rows {"id", "text"}. Accepts {"id"?, "text"} rows and SimBERT groups ({"texts": [...]} or
+    {"text", "synonyms"}), whose sentences get ids "<line>-<j>". Blank texts are skipped."""
+    path = Path(path)
+    if not path.is_file():
+        raise CorpusError(f"corpus file '{path}' does not exist")
+    if path.suffix in (".parquet", ".pq"):
+        import pyarrow.parquet as pq
+        try:
+            records = pq.read_table(path).to_pylist()
+        except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for a broken file
+            raise CorpusError(f"{path}: unreadable Parquet file ({exc})") from None
+    else:
+        records = []
+        with open(path, encoding="utf-8") as fh:
+            for line_no, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise CorpusError(f"{path}:{line_no}: not valid JSON ({exc.msg})") from None
+    rows, seen = [], set()
+    for n, rec in enumerate(records, 1):
+        if not isinstance(rec, dict):
+            raise CorpusError(f"{path}:{n}: expected a JSON object, got {type(rec).__name__}")
+        if "texts" in rec or "synonyms" in rec:
+            group = list(rec.get("texts") or []) or [rec.get("text"), *(rec.get("synonyms") or [])]
+            items = [(f"{rec.get('id', n)}-{j}", t) for j, t in enumerate(group)]
+        elif "text" in rec:
+            items = [(str(rec.get("id", n)), rec["text"])]
+        else:
+            raise CorpusError(f"{path}:{n}: row has no 'text' (or 'texts') field")
+        for rid, text in items:
+            if isinstance(text, str) and text.strip() and (rid, text) not in seen:
+                seen.add((rid, text))
+                rows.append({"id": str(rid), "text": text})
+    if not rows:
+        raise CorpusError(f"{path}: no usable text")
+    return rows
+
+
+class Embedder:
+    """Ray Data actor: loads the SimBERT model once, embeds batches of texts."""
+
+    def __init__(self, model_dir: str, max_length: int = 64):
+        import torch
+
+        from components.simbert import SimBERT
+        torch.set_num_threads(1)
+        self.sim = SimBERT.from_pretrained(model_dir, max_length=max_length)
+
+    def __call__(self, batch: dict) -> dict:
+        texts = [str(t) for t in batch["text"]]
+        return {"id": batch["id"], "text": batch["text"], "vector": self.sim.encode(texts)}
+
+
+def build_index(model_dir: str | Path, corpus: str | Path, out_dir: str | Path, kind: str = "auto",
+                hnsw_threshold: int = 50_000, actors: int = 1, batch_size: int = 256,
+                max_length: int = 64) -> VectorIndex:
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    model_dir = Path(model_dir)
+    if not (model_dir / "config.json").is_file():
+        raise FileNotFoundError(f"'{model_dir}' is not a model directory (no config.json)")
+    rows = read_corpus(corpus)
+    ds = ray.data.from_items(rows).map_batches(
+        Embedder, fn_constructor_args=(str(model_dir), max_length), batch_size=batch_size,
+        batch_format="numpy", compute=ActorPoolStrategy(min_size=1, max_size=max(1, actors)), num_cpus=1)
+    ids, texts, vectors = [], [], []
+    for batch in ds.iter_batches(batch_size=4096, batch_format="numpy"):
+        ids += [str(x) for x in batch["id"]]
+        texts += [str(x) for x in batch["text"]]
+        vectors.append(np.asarray(batch["vector"], dtype=np.float32))
+    matrix = np.concatenate(vectors)
+    index = VectorIndex(matrix.shape[1], model_fingerprint(model_dir), kind=kind, hnsw_threshold=hnsw_threshold)
+    index.add(matrix, ids, texts)
+    index.save(out_dir)
+    return index
