@@ -20,6 +20,10 @@ import traceback
 
 # name -> module; add a line when a command lands.
 COMMANDS: dict[str, str] = {
+    "index": "pipelines.commands.index",
+    "serve": "pipelines.commands.serve",
+    "train": "pipelines.commands.train",
+    "data": "pipelines.commands.data",
 }
 
 

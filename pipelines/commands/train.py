@@ -1,0 +1,36 @@
+"""`bert4ray train RECIPE.yaml [--set a.b=c ...] [--output DIR] [--resume]`."""
+
+from __future__ import annotations
+
+HELP = "train a model from a recipe on Ray Train + DeepSpeed (mlm, classify, ...)"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("recipe", help="recipe YAML file (see pipelines/recipes/)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a recipe value, e.g. --set optim.lr=1e-3 (repeatable)")
+    parser.add_argument("--output", help="directory for the final model (default: under the workdir)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the last run of this recipe from its latest checkpoint")
+    parser.add_argument("--quiet", action="store_true", help="no live progress line")
+
+
+def run(args) -> int:
+    from pipelines.cli import UserError
+    from pipelines.recipe import RecipeError, load_recipe
+
+    try:
+        recipe = load_recipe(args.recipe, args.overrides)
+    except RecipeError as exc:
+        raise UserError(str(exc)) from None
+    from pipelines.train import run_training
+    result = run_training(recipe, output=args.output, resume=args.resume, progress=not args.quiet)
+    for key in sorted(result.metrics):
+        if key.startswith("eval_") or key == "loss":
+            print(f"{key}: {result.metrics[key]:.4f}")
+    if result.data_report is not None:
+        print(f"data: {result.data_report.summary()}")
+    if result.mlflow_run_id:
+        print(f"mlflow run: {result.mlflow_run_id}")
+    print(result.model_dir)
+    return 0

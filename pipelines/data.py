@@ -1,0 +1,202 @@
+"""Training data on Ray Data: read, check, split, build a vocabulary, tokenize.
+
+    files -> read_binary_files -> flat_map(parse: one row per line, with "file:line")
+          -> checked by the task (bad rows counted, or fatal with `strict`)
+          -> split by a hash of the row's text (duplicates never straddle train/validation)
+          -> map_batches(tokenize) -> streamed to every Train worker (get_dataset_shard)
+
+Rows stay JSON strings until the task reads them, so a row of the wrong shape (a number where
+text belongs, a missing field) is a counted bad row, not a schema error of the whole file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tempfile
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+
+from components.tokenizer import SPECIAL_TOKENS, Tokenizer
+
+JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
+PARQUET_SUFFIXES = (".parquet", ".pq")
+
+
+class DataError(ValueError):
+    """The data cannot be used: unreadable file, bad row in strict mode, nothing left to train on."""
+
+
+@dataclass
+class DataReport:
+    """What the reader saw: counts per split and the first bad rows with their locations."""
+    rows: int = 0
+    bad: int = 0
+    train: int = 0
+    validation: int = 0
+    examples: list[str] = field(default_factory=list)   # "file:line: reason"
+
+    def summary(self) -> str:
+        text = f"{self.train} training and {self.validation} validation rows"
+        if self.bad:
+            text += f"; {self.bad} bad row(s) skipped, e.g. {self.examples[0]}"
+        return text
+
+
+# --- files -------------------------------------------------------------------------------------
+def check_files(paths: list[str]) -> list[str]:
+    """Absolute paths of readable data files of a known format (a clear error otherwise)."""
+    out = []
+    for p in paths:
+        path = Path(p).expanduser()
+        if not path.is_file():
+            raise DataError(f"data file '{p}' does not exist")
+        if not path.name.endswith(JSONL_SUFFIXES + PARQUET_SUFFIXES):
+            raise DataError(f"data file '{p}': unknown format (use .jsonl or .parquet)")
+        try:
+            with open(path, "rb") as fh:
+                fh.read(1)
+        except OSError as exc:
+            raise DataError(f"data file '{p}' cannot be read ({exc.strerror})") from None
+        out.append(str(path.resolve()))
+    return out
+
+
+def parse_file(path: str, data: bytes) -> list[dict]:
+    """One file's bytes -> rows {"source": "file:line", "record": json text, "error": reason or ""}."""
+    rows = []
+    if path.endswith(PARQUET_SUFFIXES):
+        import pyarrow.parquet as pq
+        try:
+            records = pq.read_table(io.BytesIO(data)).to_pylist()
+        except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for a broken file
+            return [{"source": f"{path}:0", "record": "", "error": f"unreadable Parquet file ({exc})"}]
+        for i, rec in enumerate(records, 1):
+            rows.append({"source": f"{path}:{i}", "record": json.dumps(rec, ensure_ascii=False, default=str),
+                         "error": ""})
+        return rows
+    for i, line in enumerate(data.decode("utf-8", errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            rows.append({"source": f"{path}:{i}", "record": "", "error": "not valid JSON"})
+            continue
+        if not isinstance(rec, dict):
+            rows.append({"source": f"{path}:{i}", "record": "", "error": "a row must be a JSON object"})
+            continue
+        rows.append({"source": f"{path}:{i}", "record": line, "error": ""})
+    return rows
+
+
+def read_rows(paths: list[str], task):
+    """A Ray Dataset of parsed rows, each checked by the task (column "error" says why it is bad)."""
+    import ray.data
+
+    def parse(row: dict) -> list[dict]:
+        out = parse_file(row["path"], row["bytes"])
+        for r in out:
+            if not r["error"]:
+                r["error"] = task.check_row(json.loads(r["record"])) or ""
+        return out
+
+    return ray.data.read_binary_files(paths, include_paths=True).flat_map(parse)
+
+
+def split_key(text: str, seed: int) -> float:
+    """A number in [0, 1) fixed by the text: rows with equal text land on the same side."""
+    digest = hashlib.blake2b(f"{seed}\x00{text}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
+def load_splits(recipe, task, train_files: list[str], val_files: list[str]):
+    """(train dataset, validation dataset, DataReport) of checked JSON rows, both materialized."""
+    cfg = recipe.data
+    parsed = read_rows(train_files + val_files, task).materialize()
+    report = DataReport(rows=parsed.count())
+    bad = parsed.filter(lambda r: r["error"] != "")
+    report.bad = bad.count()
+    report.examples = [f"{r['source']}: {r['error']}" for r in bad.take(5)]
+    if report.bad and cfg.strict:
+        raise DataError(f"bad row at {report.examples[0]} (data.strict is true)")
+    good = parsed.filter(lambda r: r["error"] == "")
+    val_set = set(val_files)
+
+    def in_validation(r) -> bool:
+        file = r["source"].rsplit(":", 1)[0]
+        if val_set:
+            return file in val_set
+        text = task.texts(json.loads(r["record"]))[0]
+        return split_key(text, recipe.seed) < cfg.validation_fraction
+
+    train = good.filter(lambda r: not in_validation(r))
+    if cfg.max_rows:
+        train = train.limit(cfg.max_rows)
+    train = train.materialize()
+    val = good.filter(in_validation).materialize()
+    report.train, report.validation = train.count(), val.count()
+    if report.train == 0:
+        raise DataError(f"no usable training rows in {', '.join(train_files)} ({report.bad} bad)")
+    return train, val, report
+
+
+# --- vocabulary --------------------------------------------------------------------------------
+def build_vocab(dataset, task, min_count: int = 1, max_size: int = 8000, lowercase: bool = True) -> list[str]:
+    """Specials, printable ASCII, then the corpus's characters by frequency (ties by code point).
+
+    Character-level tokens suit Chinese (BERT tokenizes CJK one character per token); Latin words
+    fall back to single letters, which WordPiece reaches through '##' pieces, added for ASCII.
+    """
+    def count(batch):
+        counts: Counter = Counter()
+        for rec in batch["record"].to_pylist():
+            for text in task.texts(json.loads(rec)):
+                counts.update(text.lower() if lowercase else text)
+        return pa.table({"char": list(counts), "n": list(counts.values())})
+
+    # Per-block counts are small (distinct characters), so they are summed on the driver.
+    table = dataset.map_batches(count, batch_format="pyarrow").to_pandas().groupby("char", as_index=False)["n"].sum()
+    ascii_chars = [chr(c) for c in range(33, 127) if not (lowercase and "A" <= chr(c) <= "Z")]
+    vocab = list(SPECIAL_TOKENS) + ascii_chars + ["##" + c for c in ascii_chars if c.isalnum()]
+    seen = set(vocab)
+    table = table[table["n"] >= min_count].sort_values(["n", "char"], ascending=[False, True])
+    for ch in table["char"]:
+        if len(vocab) >= max_size:
+            break
+        if ch not in seen and not ch.isspace() and ch.isprintable():
+            vocab.append(ch)
+            seen.add(ch)
+    return vocab
+
+
+# --- tokenization ------------------------------------------------------------------------------
+_TOKENIZERS: dict[str, Tokenizer] = {}
+
+
+def tokenizer_from_text(vocab_text: str, lowercase: bool = True) -> Tokenizer:
+    """A Tokenizer from vocab.txt content (cached per process; Ray workers get text, not paths)."""
+    key = hashlib.sha1(f"{lowercase}\x00{vocab_text}".encode()).hexdigest()
+    tok = _TOKENIZERS.get(key)
+    if tok is None:
+        path = Path(tempfile.gettempdir()) / f"bert4ray-vocab-{key}.txt"
+        if not path.is_file():
+            tmp = path.with_suffix(f".{id(path)}.tmp")
+            tmp.write_text(vocab_text, encoding="utf-8")
+            tmp.replace(path)
+        tok = _TOKENIZERS[key] = Tokenizer(path, lowercase=lowercase)
+    return tok
+
+
+def tokenize(dataset, task, vocab_text: str, lowercase: bool, max_length: int):
+    """Lazy map_batches: JSON rows -> the task's encoded columns (lists of ints) as Arrow."""
+    def encode(batch):
+        tok = tokenizer_from_text(vocab_text, lowercase)
+        out = [task.encode(json.loads(rec), tok, max_length) for rec in batch["record"].to_pylist()]
+        return pa.table({k: [o[k] for o in out] for k in (out[0] if out else {})})
+
+    return dataset.map_batches(encode, batch_format="pyarrow")

@@ -1,0 +1,118 @@
+"""Training tasks: what a task supplies to the one training engine, and the registry by name.
+
+A task is one file in this package defining a `Task` subclass decorated with `@register`:
+
+    @register
+    class MyTask(Task):
+        name = "mytask"
+        @dataclass
+        class Options:            # the recipe's `task:` keys besides `name`
+            weight: float = 1.0
+        def check_row(self, row): ...      # None, or why the row is unusable
+        def encode(self, row, tokenizer, max_length): ...   # row -> flat dict of ints / int lists
+        def collate(self, rows, tokenizer, generator): ...  # list of encoded rows -> tensors
+        def loss_fn(self, model, batch, inputs_embeds): ... # -> {"loss": total, part: value, ...}
+        def evaluate(self, model, batches, tokenizer): ...  # -> {"metric": float}
+
+Modules here are imported on first lookup, so a new task needs no other edit.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+_REGISTRY: dict[str, type[Task]] = {}
+
+
+class Task:
+    """Base class: the engine calls these hooks; rows are JSON objects from the data files."""
+
+    name: ClassVar[str] = ""
+    mask_mode: ClassVar[str] = "bidirectional"
+
+    @dataclass
+    class Options:
+        pass
+
+    def __init__(self, options: Any = None, meta: dict | None = None):
+        self.options = options if options is not None else self.Options()
+        self.meta: dict = dict(meta or {})
+        """What `prepare` learnt from the data on the driver (e.g. the label names); sent to workers."""
+
+    # --- driver side -------------------------------------------------------------------------
+    def check_row(self, row: dict) -> str | None:
+        """None if the row is usable, else a short reason ("missing field 'text'")."""
+        raise NotImplementedError
+
+    def texts(self, row: dict) -> list[str]:
+        """The row's texts: used for the vocabulary and (the first) for the hash-based split."""
+        raise NotImplementedError
+
+    def prepare(self, dataset) -> None:
+        """Inspect the checked training rows (a Ray Dataset of {"record": json}) and fill self.meta."""
+
+    def model_overrides(self) -> dict:
+        """ModelConfig keys this task needs (e.g. num_labels)."""
+        return {}
+
+    # --- Ray Data (tokenization) --------------------------------------------------------------
+    def encode(self, row: dict, tokenizer, max_length: int) -> dict[str, Any]:
+        raise NotImplementedError
+
+    # --- workers -----------------------------------------------------------------------------
+    def collate(self, rows: list[dict], tokenizer, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def loss_fn(self, model, batch: dict, inputs_embeds: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def evaluate(self, model, batches: Iterable[dict], tokenizer) -> dict[str, float]:
+        raise NotImplementedError
+
+    def count_tokens(self, batch: dict) -> int:
+        return int(batch["attention_mask"].sum())
+
+
+def register(cls: type[Task]) -> type[Task]:
+    if not cls.name:
+        raise ValueError(f"task class {cls.__name__} has no name")
+    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
+        raise ValueError(f"task name '{cls.name}' is registered twice")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def _discover() -> None:
+    for info in pkgutil.iter_modules(__path__):
+        if not info.name.startswith("_"):
+            importlib.import_module(f"{__name__}.{info.name}")
+
+
+def task_names() -> list[str]:
+    _discover()
+    return sorted(_REGISTRY)
+
+
+def get_task(name: str) -> type[Task]:
+    """The Task class registered under `name` (KeyError if none)."""
+    if name not in _REGISTRY:
+        _discover()
+    return _REGISTRY[name]
+
+
+def check_text_field(row: dict, key: str) -> str | None:
+    """Shared row check: `key` present, a string, not blank."""
+    if key not in row:
+        return f"missing field '{key}'"
+    value = row[key]
+    if not isinstance(value, str):
+        return f"field '{key}' must be a string, got {type(value).__name__}"
+    if not value.strip():
+        return f"field '{key}' is empty"
+    return None

@@ -1,0 +1,126 @@
+"""MLflow tracking of a training run, all from the driver (workers send records to it).
+
+One run per training: the flattened recipe as params, step metrics (loss parts, lr, tokens/s,
+grad norm), evaluation metrics, the recipe file and the exported model as artifacts (a pyfunc
+model wrapping the model directory, registered under `tracking.registered_model`), and the git
+commit as a tag. The tracking URI is MLFLOW_TRACKING_URI, else `sqlite:///<workdir>/mlflow.db`
+with artifacts under `<workdir>/mlartifacts`. A failed run ends FAILED with its error as a tag.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import subprocess
+from pathlib import Path
+
+import mlflow
+import mlflow.pyfunc
+
+from pipelines.recipe import Recipe, flatten, to_dict
+
+
+def tracking_uri(workdir: Path) -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(workdir).resolve() / 'mlflow.db'}"
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+class ModelDirectory(mlflow.pyfunc.PythonModel):
+    """An exported bert4ray model directory as an MLflow pyfunc model: predict() maps texts to the
+    task's output (class probabilities, else pooled vectors)."""
+
+    def load_context(self, context):
+        from components.model import Transformer
+        from components.tokenizer import Tokenizer
+        path = context.artifacts["model_dir"]
+        self.model = Transformer.from_pretrained(path).eval()
+        self.tokenizer = Tokenizer.from_pretrained(path)
+
+    def predict(self, context, model_input, params=None):
+        import torch
+        texts = list(model_input.iloc[:, 0]) if hasattr(model_input, "iloc") else list(model_input)
+        batch = self.tokenizer.encode_batch([str(t) for t in texts])
+        with torch.no_grad():
+            out = self.model(batch.input_ids, batch.segment_ids, batch.attention_mask, return_logits=False)
+        values = out.class_logits.softmax(-1) if out.class_logits is not None else out.pooled
+        return values.tolist()
+
+
+class Tracker:
+    def __init__(self, recipe: Recipe, workdir: Path):
+        self.recipe, self.enabled = recipe, recipe.tracking.enabled
+        self.run_id: str | None = None
+        if not self.enabled:
+            return
+        workdir.mkdir(parents=True, exist_ok=True)
+        mlflow.set_tracking_uri(tracking_uri(workdir))
+        # Created here, in one process, before any worker or trial could race to create it.
+        name = recipe.tracking.experiment
+        experiment = mlflow.get_experiment_by_name(name)
+        if experiment is None:
+            location = None if os.environ.get("MLFLOW_TRACKING_URI") else \
+                (workdir / "mlartifacts").resolve().as_uri()
+            self.experiment_id = mlflow.create_experiment(name, artifact_location=location)
+        else:
+            self.experiment_id = experiment.experiment_id
+
+    def start(self, run_name: str, resume_run_id: str | None = None, recipe_file: Path | None = None) -> None:
+        if not self.enabled:
+            return
+        t = self.recipe.tracking
+        if resume_run_id:
+            run = mlflow.start_run(run_id=resume_run_id)
+        else:
+            run = mlflow.start_run(experiment_id=self.experiment_id, run_name=t.run_name or run_name,
+                                   parent_run_id=t.parent_run_id, nested=bool(t.parent_run_id))
+            params = {k: ("" if v is None else str(v))[:500] for k, v in flatten(to_dict(self.recipe)).items()}
+            mlflow.log_params(params)
+            tags = {"bert4ray.task": self.recipe.task.name, "bert4ray.run_id": run_name}
+            commit = git_commit()
+            if commit:
+                tags["mlflow.source.git.commit"] = commit
+            mlflow.set_tags(tags)
+            if recipe_file is not None:
+                mlflow.log_artifact(str(recipe_file))
+        self.run_id = run.info.run_id
+
+    def log_params(self, params: dict) -> None:
+        if self.enabled and self.run_id:
+            # A resumed run already holds these params (same values).
+            with contextlib.suppress(mlflow.exceptions.MlflowException):
+                mlflow.log_params({k: str(v) for k, v in params.items()})
+
+    def log_metrics(self, metrics: dict, step: int) -> None:
+        if self.enabled and self.run_id:
+            clean = {k: float(v) for k, v in metrics.items()
+                     if isinstance(v, int | float) and not math.isnan(float(v))}
+            if clean:
+                mlflow.log_metrics(clean, step=step)
+
+    def finish_success(self, model_dir: Path, metrics: dict, report) -> None:
+        if not (self.enabled and self.run_id):
+            return
+        if report is not None:
+            mlflow.log_metrics({"data_bad_rows": report.bad})
+        mlflow.pyfunc.log_model(
+            name="model", python_model=ModelDirectory(), artifacts={"model_dir": str(model_dir)},
+            pip_requirements=["torch", "safetensors", "tokenizers", "bert4ray"],
+            registered_model_name=self.recipe.tracking.registered_model)
+        mlflow.end_run(status="FINISHED")
+
+    def finish_failed(self, exc: BaseException) -> None:
+        if not (self.enabled and self.run_id):
+            return
+        try:
+            mlflow.set_tag("bert4ray.error", f"{type(exc).__name__}: {exc}"[:5000])
+        finally:
+            mlflow.end_run(status="FAILED")

@@ -1,0 +1,252 @@
+"""The training driver: recipe -> data -> vocabulary -> Ray Train (DeepSpeed) -> model directory.
+
+    from pipelines.recipe import load_recipe
+    from pipelines.train import run_training
+    result = run_training(load_recipe("pipelines/recipes/mlm-tiny.yaml"), output="out/model")
+    result.model_dir, result.metrics, result.mlflow_run_id
+
+Layout under the recipe's workdir:
+    runs/<run id>/          recipe.yaml, vocab.txt, model/ (default export target)
+    ray/<run id>/           Ray Train storage: DeepSpeed checkpoints (resume reads these)
+    runs/<name>.latest      the last run id of this recipe name (what --resume continues)
+    corpora/                bundled corpora converted to JSON Lines
+    mlflow.db, mlartifacts/ MLflow tracking (unless MLFLOW_TRACKING_URI is set)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from components.config import ModelConfig
+from components.io import atomic_directory
+from pipelines import data as data_mod
+from pipelines.recipe import Recipe, dump_recipe
+from pipelines.tasks import get_task
+from pipelines.worker import MODEL_SUBDIR, train_loop
+
+
+@dataclass
+class TrainingResult:
+    model_dir: Path
+    metrics: dict = field(default_factory=dict)
+    mlflow_run_id: str | None = None
+    run_id: str = ""
+    data_report: data_mod.DataReport | None = None
+    history: list[dict] = field(default_factory=list)
+    """Every progress record the workers sent (step metrics, then evaluations)."""
+
+
+def init_ray(num_cpus: int | None = None) -> None:
+    """Connect to RAY_ADDRESS, or start a local Ray with DeepSpeed's CPU accelerator set."""
+    import ray
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    env = {"env_vars": {"DS_ACCELERATOR": os.environ["DS_ACCELERATOR"]}}
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(runtime_env=env, log_to_driver=False)
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, runtime_env=env)
+
+
+def _resolve_files(recipe: Recipe, workdir: Path) -> tuple[list[str], list[str]]:
+    cfg = recipe.data
+    if cfg.source != "files":
+        from pipelines.corpora import corpus_file
+        train = [str(corpus_file(cfg.source, workdir / "corpora"))]
+    else:
+        train = data_mod.check_files(cfg.train)
+    return train, data_mod.check_files(cfg.validation) if cfg.validation else []
+
+
+def _vocabulary(recipe: Recipe, train_ds, task) -> str:
+    m = recipe.model
+    if m.init_from:
+        path = Path(m.init_from) / "vocab.txt"
+    elif m.vocab:
+        path = Path(m.vocab)
+    else:
+        tokens = data_mod.build_vocab(train_ds, task, m.vocab_min_count, m.vocab_max_size, m.lowercase)
+        return "\n".join(tokens) + "\n"
+    if not path.is_file():
+        raise FileNotFoundError(f"vocabulary '{path}' does not exist")
+    return path.read_text(encoding="utf-8")
+
+
+def _model_config(recipe: Recipe, vocab_size: int, task) -> ModelConfig:
+    m = recipe.model
+    if m.init_from:
+        cfg = ModelConfig.load(m.init_from)
+        changes = {"attention": m.attention} if m.attention else {}
+    else:
+        cfg = ModelConfig(vocab_size=vocab_size)
+        changes = {k: getattr(m, k) for k in (
+            "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+            "max_position_embeddings", "hidden_dropout_prob", "attention_probs_dropout_prob", "hidden_act")}
+        changes["attention"] = m.attention or "softmax"
+    changes.update(task.model_overrides())
+    cfg = dataclasses.replace(cfg, **changes)
+    if cfg.vocab_size < vocab_size:
+        raise ValueError(f"vocabulary has {vocab_size} tokens but the model only {cfg.vocab_size}")
+    return cfg
+
+
+def run_training(recipe: Recipe, output: str | Path | None = None, resume: bool = False,
+                 progress: bool = True, recipe_path: str | Path | None = None) -> TrainingResult:
+    """Train the recipe on Ray Train and export the final model directory.
+
+    output: where the model directory goes (default `<workdir>/runs/<run id>/model`).
+    resume: continue the last run of this recipe name from its latest checkpoint.
+    """
+    import ray
+    import ray.train
+    from ray.data import ExecutionOptions
+    from ray.train.torch import TorchTrainer
+    from ray.util.queue import Empty, Queue
+
+    from pipelines.tracking import Tracker
+
+    workdir = Path(recipe.workdir).expanduser().resolve()
+    latest_file = workdir / "runs" / f"{recipe.name}.latest"
+    if resume:
+        if not latest_file.is_file():
+            raise FileNotFoundError(f"nothing to resume: no earlier run named '{recipe.name}' in {workdir}")
+        run_id = latest_file.read_text().strip()
+    else:
+        run_id = f"{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    run_dir = workdir / "runs" / run_id
+    train_files, val_files = _resolve_files(recipe, workdir)    # before Ray: bad paths fail fast
+    if recipe.model.init_from and not Path(recipe.model.init_from).is_dir():
+        raise FileNotFoundError(f"model.init_from '{recipe.model.init_from}' is not a directory")
+
+    tracker = Tracker(recipe, workdir)          # creates the DB and experiment before any worker
+    # Logical CPUs beyond the Train workers' own: Ray Data's tokenization tasks need one, or the
+    # workers wait forever for their data.
+    need = int(recipe.scaling.num_workers * recipe.scaling.cpus_per_worker + 0.999) + 1
+    init_ray(max(os.cpu_count() or 1, need))
+    task = get_task(recipe.task.name)(recipe.task.options)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    latest_file.write_text(run_id)
+    dump_recipe(recipe, run_dir / "recipe.yaml")
+    state_path = run_dir / "state.json"
+    previous = json.loads(state_path.read_text()) if (resume and state_path.is_file()) else {}
+    tracker.start(run_id, resume_run_id=previous.get("mlflow_run_id"), recipe_file=run_dir / "recipe.yaml")
+    state_path.write_text(json.dumps({"mlflow_run_id": tracker.run_id}))
+    history: list[dict] = []
+    try:
+        train_ds, val_ds, report = data_mod.load_splits(recipe, task, train_files, val_files)
+        task.prepare(train_ds)
+        vocab_text = _vocabulary(recipe, train_ds, task)
+        (run_dir / "vocab.txt").write_text(vocab_text, encoding="utf-8")
+        model_cfg = _model_config(recipe, len(vocab_text.splitlines()), task)
+        world = recipe.scaling.num_workers
+        per_step = world * recipe.optim.batch_size * recipe.optim.grad_accum
+        steps_per_epoch = report.train // per_step
+        if steps_per_epoch == 0:
+            raise data_mod.DataError(f"{report.train} training rows do not fill one step of {per_step} "
+                                     "(workers x batch_size x grad_accum)")
+        total = recipe.schedule.max_steps or steps_per_epoch * recipe.schedule.epochs
+        tracker.log_params({"data.train_rows": report.train, "data.validation_rows": report.validation,
+                            "data.bad_rows": report.bad, "model.vocab_size": model_cfg.vocab_size,
+                            "train.total_steps": total, "train.steps_per_epoch": steps_per_epoch})
+
+        tok = data_mod.tokenizer_from_text(vocab_text, recipe.model.lowercase)
+        max_len = min(recipe.data.max_length, model_cfg.max_position_embeddings, tok.max_length)
+        datasets = {"train": data_mod.tokenize(train_ds, task, vocab_text, recipe.model.lowercase, max_len)}
+        if report.validation:
+            datasets["validation"] = data_mod.tokenize(val_ds, task, vocab_text, recipe.model.lowercase, max_len)
+        queue = Queue(maxsize=10_000)
+        loop_config = {"recipe": recipe, "task": task, "model_config": dataclasses.asdict(model_cfg),
+                       "vocab_text": vocab_text, "steps_per_epoch": steps_per_epoch, "total_steps": total,
+                       "progress": queue, "metadata": {"run_id": run_id, "labels": task.meta.get("labels")}}
+        s = recipe.scaling
+        trainer = TorchTrainer(
+            train_loop, train_loop_config=loop_config, datasets=datasets,
+            # Every rank reads the whole stream in order and keeps its own rows (see worker.py).
+            dataset_config=ray.train.DataConfig(datasets_to_split=[],
+                                                execution_options=ExecutionOptions(preserve_order=True)),
+            scaling_config=ray.train.ScalingConfig(num_workers=world, use_gpu=s.use_gpu,
+                                                   resources_per_worker={"CPU": s.cpus_per_worker}),
+            run_config=ray.train.RunConfig(
+                name=run_id, storage_path=str(workdir / "ray"),
+                failure_config=ray.train.FailureConfig(max_failures=recipe.checkpoint.max_failures),
+                checkpoint_config=ray.train.CheckpointConfig(num_to_keep=recipe.checkpoint.keep)))
+
+        outcome: dict = {}
+
+        def fit():
+            try:
+                outcome["result"] = trainer.fit()
+            except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+                outcome["error"] = exc
+
+        thread = threading.Thread(target=fit, daemon=True)
+        thread.start()
+        with _Progress(total, enabled=progress) as bar:
+            while True:
+                try:
+                    record = queue.get(timeout=0.5)
+                except Empty:
+                    if not thread.is_alive():
+                        break
+                    continue
+                history.append(record)
+                bar.update(record)
+                tracker.log_metrics({k: v for k, v in record.items() if k not in ("step", "total", "epoch")},
+                                    step=int(record["step"]))
+        thread.join()
+        if "error" in outcome:
+            raise outcome["error"]
+        result = outcome["result"]
+        if result.error:
+            raise result.error
+        metrics = dict(result.metrics or {})
+        target = Path(output) if output else run_dir / "model"
+        with result.checkpoint.as_directory() as d, atomic_directory(target) as tmp:
+            src = Path(d) / MODEL_SUBDIR
+            if not src.is_dir():
+                raise RuntimeError(f"the final checkpoint {result.checkpoint.path} holds no exported model")
+            shutil.copytree(src, tmp, dirs_exist_ok=True)
+        tracker.finish_success(target, metrics, report)
+    except BaseException as exc:
+        tracker.finish_failed(exc)
+        raise
+    return TrainingResult(model_dir=target, metrics=metrics, mlflow_run_id=tracker.run_id, run_id=run_id,
+                          data_report=report, history=history)
+
+
+class _Progress:
+    """The live line on the driver: step, loss, tokens/s and ETA (rich)."""
+
+    def __init__(self, total: int, enabled: bool = True):
+        self.total, self.enabled = total, enabled
+        self.progress = None
+
+    def __enter__(self):
+        if self.enabled:
+            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+            self.progress = Progress(TextColumn("step {task.completed}/{task.total}"), BarColumn(),
+                                     TextColumn("{task.fields[info]}"), TimeRemainingColumn(), transient=False)
+            self.progress.start()
+            self.task_id = self.progress.add_task("train", total=self.total, info="starting workers ...")
+        return self
+
+    def update(self, record: dict) -> None:
+        if not self.progress:
+            return
+        info = "  ".join(f"{k} {v:.4g}" for k, v in record.items()
+                         if k in ("loss", "tokens_per_s", "lr") or k.startswith("eval_"))
+        self.progress.update(self.task_id, completed=record["step"], info=info)
+
+    def __exit__(self, *exc):
+        if self.progress:
+            self.progress.stop()
+        return False
