@@ -12,6 +12,7 @@ the options dataclass that the named task declares (`pipelines.tasks`), and `reg
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import types
@@ -132,6 +133,9 @@ class CheckpointSection:
     """Checkpoints kept by Ray Train."""
     max_failures: int = 0
     """Worker failures that Ray Train recovers from (restarting from the latest checkpoint)."""
+    stop_after: int = 0
+    """End this invocation after step N with a checkpoint and no export (time-sliced or
+    preemptible training); `--resume` continues from there. 0 = train to the end."""
 
 
 @dataclass
@@ -175,7 +179,7 @@ _CHOICES = {
 _POSITIVE = {"optim.batch_size", "optim.grad_accum", "scaling.num_workers", "data.max_length",
              "schedule.log_every", "model.vocab_max_size", "optim.lr"}
 _NON_NEGATIVE = {"schedule.epochs", "schedule.max_steps", "schedule.warmup_steps", "schedule.eval_every",
-                 "checkpoint.every_steps", "checkpoint.max_failures", "data.max_rows", "data.shuffle_buffer",
+                 "checkpoint.every_steps", "checkpoint.max_failures", "checkpoint.stop_after", "data.max_rows", "data.shuffle_buffer",
                  "optim.max_grad_norm", "optim.weight_decay"}
 
 
@@ -199,7 +203,7 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | None = No
         if not isinstance(raw, dict):
             raise RecipeError(f"{path}: a recipe must be a mapping of sections")
     if data:
-        raw = _merge(raw, data)
+        raw = _merge(raw, copy.deepcopy(data))   # overrides must not touch the caller's dict
     for item in overrides or []:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():

@@ -117,6 +117,11 @@ class Tracker:
             registered_model_name=self.recipe.tracking.registered_model)
         mlflow.end_run(status="FINISHED")
 
+    def finish_stopped(self) -> None:
+        """Stopped at checkpoint.stop_after: left KILLED until `--resume` reopens and finishes it."""
+        if self.enabled and self.run_id:
+            mlflow.end_run(status="KILLED")
+
     def finish_failed(self, exc: BaseException) -> None:
         if not (self.enabled and self.run_id):
             return

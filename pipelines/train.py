@@ -34,7 +34,8 @@ from pipelines.worker import MODEL_SUBDIR, train_loop
 
 @dataclass
 class TrainingResult:
-    model_dir: Path
+    model_dir: Path | None
+    """The exported model directory (None when checkpoint.stop_after ended the run early)."""
     metrics: dict = field(default_factory=dict)
     mlflow_run_id: str | None = None
     run_id: str = ""
@@ -209,6 +210,10 @@ def run_training(recipe: Recipe, output: str | Path | None = None, resume: bool 
         if result.error:
             raise result.error
         metrics = dict(result.metrics or {})
+        if metrics.get("stopped"):                 # checkpoint.stop_after: no export yet
+            tracker.finish_stopped()
+            return TrainingResult(model_dir=None, metrics=metrics, mlflow_run_id=tracker.run_id,
+                                  run_id=run_id, data_report=report, history=history)
         target = Path(output) if output else run_dir / "model"
         with result.checkpoint.as_directory() as d, atomic_directory(target) as tmp:
             src = Path(d) / MODEL_SUBDIR

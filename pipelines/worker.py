@@ -217,6 +217,9 @@ def train_loop(config: dict) -> None:
                     queue.put({"step": step, "total": total, **ev})
             if recipe.checkpoint.every_steps and step % recipe.checkpoint.every_steps == 0 and step < total:
                 save_and_report({"step": step, **last_metrics}, final=False)
+            if recipe.checkpoint.stop_after and step == recipe.checkpoint.stop_after and step < total:
+                save_and_report({"step": step, "stopped": 1, **last_metrics}, final=False)
+                return
             if step >= total:
                 break
         if step >= total:

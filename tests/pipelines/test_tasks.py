@@ -1,0 +1,95 @@
+"""Task hooks on real computations (no Ray): MLM masking statistics, classifier metrics, encoding."""
+
+import json
+import random
+
+import pytest
+import torch
+
+from pipelines.tasks import get_task, task_names
+from pipelines.tasks.classify import macro_f1
+from pipelines.tasks.mlm import IGNORE
+
+TEXT = "今天天气很好我们一起去公园散步然后回家吃饭" * 3
+
+
+def test_registry():
+    assert {"mlm", "classify"} <= set(task_names())
+    with pytest.raises(KeyError):
+        get_task("nope")
+
+
+def test_mlm_masking_rates(tokenizer):
+    task = get_task("mlm")()
+    rows = [task.encode({"text": TEXT}, tokenizer, 64) for _ in range(64)]
+    g = torch.Generator().manual_seed(0)
+    batch = task.collate(rows, tokenizer, g)
+    original = tokenizer.pad([(r["input_ids"], [0] * len(r["input_ids"])) for r in rows]).input_ids
+    selected = batch["labels"] != IGNORE
+    special = torch.isin(original, torch.tensor(sorted(tokenizer.special_ids)))
+    assert not (selected & special).any()
+    assert torch.equal(batch["labels"][selected], original[selected])
+    rate = selected.sum() / (~special).sum()
+    assert 0.12 < float(rate) < 0.18
+    masked = (batch["input_ids"] == tokenizer.mask_id) & selected
+    kept = (batch["input_ids"] == original) & selected
+    assert 0.74 < float(masked.sum() / selected.sum()) < 0.86
+    assert 0.05 < float(kept.sum() / selected.sum()) < 0.16
+    assert torch.equal(batch["input_ids"][~selected], original[~selected])
+    # The same generator seed gives the same masks.
+    again = task.collate(rows, tokenizer, torch.Generator().manual_seed(0))
+    assert torch.equal(again["input_ids"], batch["input_ids"])
+
+
+def test_whole_word_masking_selects_whole_words(tokenizer):
+    import jieba
+    task = get_task("mlm")(get_task("mlm").Options(whole_word=True, mask_prob=0.3))
+    row = task.encode({"text": TEXT}, tokenizer, 128)
+    words = jieba.lcut(TEXT)
+    assert max(row["words"]) == len(words) - 1
+    batch = task.collate([row] * 16, tokenizer, torch.Generator().manual_seed(1))
+    w = torch.tensor(row["words"])
+    # [UNK] (a special token) is never a prediction target, so only known tokens are compared.
+    known = ~torch.isin(torch.tensor(row["input_ids"]), torch.tensor(sorted(tokenizer.special_ids)))
+    assert known.sum() > 40
+    for i in range(16):
+        sel = batch["labels"][i] != IGNORE
+        for word in w[sel].unique():
+            assert sel[(w == word) & known].all(), "a word was only partly selected"
+
+
+def test_macro_f1_against_explicit_counts():
+    rng = random.Random(0)
+    gold = [rng.randrange(3) for _ in range(200)]
+    pred = [g if rng.random() < 0.7 else rng.randrange(3) for g in gold]
+    f1s = []
+    for c in range(3):
+        tp = sum((p == c) & (g == c) for p, g in zip(pred, gold))
+        precision = tp / max(1, pred.count(c))
+        recall = tp / max(1, gold.count(c))
+        f1s.append(2 * precision * recall / (precision + recall))
+    assert macro_f1(pred, gold, 3) == pytest.approx(sum(f1s) / 3, abs=1e-12)
+    assert macro_f1([0, 0], [1, 1], 2) == 0.0
+
+
+def test_classify_encode_check_and_evaluate(tokenizer, make_model):
+    cls = get_task("classify")
+    task = cls(cls.Options(labels=["neg", "pos"]), meta={"labels": ["neg", "pos"]})
+    assert task.check_row({"text": "好", "label": "pos"}) is None
+    assert task.check_row({"text": "好"}) == "missing field 'label'"
+    assert task.check_row({"text": 3, "label": "pos"}) == "field 'text' must be a string, got int"
+    assert task.check_row({"text": " ", "label": "pos"}) == "field 'text' is empty"
+    assert "not one of" in task.check_row({"text": "好", "label": "meh"})
+    rows = [task.encode({"text": t, "label": lab}, tokenizer, 32)
+            for t, lab in [("很好", "pos"), ("不好", "neg"), ("好的", "pos")]]
+    batch = task.collate(rows, tokenizer, torch.Generator())
+    assert batch["labels"].tolist() == [1, 0, 1]
+    model = make_model(num_labels=2)
+    parts = task.loss_fn(model, batch, None)
+    logits = model(batch["input_ids"], batch["segment_ids"], batch["attention_mask"]).class_logits
+    assert float(parts["loss"].detach()) == pytest.approx(float(torch.nn.functional.cross_entropy(logits, batch["labels"])))
+    metrics = task.evaluate(model, [batch], tokenizer)
+    pred = logits.argmax(-1).tolist()
+    assert metrics["accuracy"] == pytest.approx(sum(p == g for p, g in zip(pred, [1, 0, 1])) / 3)
+    assert metrics["majority_accuracy"] == pytest.approx(2 / 3)
+    assert json.dumps(metrics)
