@@ -249,6 +249,8 @@ def _build(cls, raw: Any, prefix: str):
             close = difflib.get_close_matches(str(key), names, n=1)
             hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; valid keys: {', '.join(names)}"
             raise RecipeError(f"unknown recipe key '{prefix}{key}'{hint}")
+    if cls is Recipe:
+        raw = {"task": {}, **raw}      # the default task still needs its options built
     kwargs = {}
     for name in names:
         if name not in raw:

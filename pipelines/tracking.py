@@ -45,9 +45,9 @@ class ModelDirectory(mlflow.pyfunc.PythonModel):
         self.model = Transformer.from_pretrained(path).eval()
         self.tokenizer = Tokenizer.from_pretrained(path)
 
-    def predict(self, context, model_input, params=None):
+    def predict(self, context, model_input: list[str], params=None) -> list[list[float]]:
         import torch
-        texts = list(model_input.iloc[:, 0]) if hasattr(model_input, "iloc") else list(model_input)
+        texts = list(model_input)
         batch = self.tokenizer.encode_batch([str(t) for t in texts])
         with torch.no_grad():
             out = self.model(batch.input_ids, batch.segment_ids, batch.attention_mask, return_logits=False)

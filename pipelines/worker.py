@@ -226,9 +226,10 @@ def train_loop(config: dict) -> None:
             break
         epoch, micro_in_epoch, resume_skip = epoch + 1, 0, 0
 
-    final = {"step": step, **last_metrics, **evaluate()}
-    if rank == 0 and queue is not None:
-        queue.put({"step": step, "total": total, **final})
+    ev = evaluate()
+    final = {"step": step, **last_metrics, **ev}
+    if rank == 0 and queue is not None and ev:
+        queue.put({"step": step, "total": total, **ev})
     save_and_report(final, final=True)
 
 
