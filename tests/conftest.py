@@ -79,3 +79,22 @@ def tiny_model_dir(tmp_path, make_model, vocab_file):
         model.save_pretrained(out, metadata={"vocab_file": str(vocab_file)})
         return out
     return _make
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray for the whole test session (Train, Data, Tune and Serve tests share it).
+    Workers import this repository's packages (STACK.md: an unimportable train function hangs), so
+    PYTHONPATH is set before Ray starts. 3 logical CPUs on this 2-core machine: 2 Train workers
+    take one each and Ray Data's tokenization tasks still get one."""
+    import ray
+    repo = str(Path(__file__).resolve().parents[1])
+    os.environ["PYTHONPATH"] = os.pathsep.join([repo, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    started = False
+    if not ray.is_initialized():
+        ray.init(num_cpus=3, include_dashboard=False, object_store_memory=200 * 1024**2, log_to_driver=False,
+                 runtime_env={"env_vars": {"DS_ACCELERATOR": "cpu"}})
+        started = True
+    yield ray
+    if started:
+        ray.shutdown()

@@ -1,0 +1,225 @@
+"""Generalization regularizers as switches on any training task: Gaussian noise, FGM, PGD,
+gradient penalty and virtual adversarial training (VAT).
+
+All act on the embedding output E = model.embed(input_ids, segment_ids) (B, T, H), which the
+task's loss_fn receives back as `inputs_embeds`:
+
+- noise:  L(E + σ·N(0, I)) replaces L(E).
+- FGM:    r = ε · g / ‖g‖ with g = ∇_E L; the loss is L(E) + L(E + r). The norm is taken per
+          example (over that example's T×H block), so an example's perturbation does not shrink
+          because another example in the batch has large gradients.
+- PGD:    K steps r ← Π_ε(r + α · g_r / ‖g_r‖) (per-example norms; Π_ε projects each example's r
+          back onto the ε-ball); the loss is L(E) + L(E + r_K).
+- gradient penalty: L + ½·ε·‖∇_E L‖² by double backpropagation (create_graph).
+- VAT:    a random direction d is refined by `vat_iters` power iterations on KL(p(E) ‖ p(E + ξd));
+          the term vat_weight · KL(p(E) ‖ p(E + ε·d/‖d‖)) with p(E) detached (needs "logits").
+
+With `*_target: embedding_weight` FGM/PGD perturb the word-embedding matrix instead (the classic
+form): the matrix is saved, perturbed in place, the adversarial loss is backpropagated on its own
+(one backward per perturbation) and the matrix is copied back bit for bit. That form needs as many
+backward calls as perturbations, which plain PyTorch and DeepSpeed ZeRO-0/1 accept; under ZeRO-2/3,
+where every backward also reduces gradients, use the default embedding-output form, which builds
+one graph and calls `backward` exactly once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+TARGETS = ("embedding_output", "embedding_weight")
+
+
+@dataclass
+class RegularizerConfig:
+    noise_std: float = 0.0
+    """Standard deviation of Gaussian noise added to the embedding output (0 = off)."""
+    fgm_epsilon: float = 0.0
+    """FGM radius (0 = off)."""
+    fgm_target: str = "embedding_output"
+    """`embedding_output` (per-example norm, one backward) or `embedding_weight` (classic)."""
+    pgd_epsilon: float = 0.0
+    """PGD ε-ball radius (0 = off)."""
+    pgd_steps: int = 3
+    pgd_alpha: float = 0.3
+    """PGD step size, as a fraction of ε."""
+    pgd_target: str = "embedding_output"
+    gradient_penalty: float = 0.0
+    """ε in ½·ε·‖∇_E L‖² (0 = off)."""
+    vat_epsilon: float = 0.0
+    """VAT radius (0 = off)."""
+    vat_xi: float = 1e-6
+    vat_iters: int = 1
+    vat_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in ("noise_std", "fgm_epsilon", "pgd_epsilon", "gradient_penalty", "vat_epsilon", "vat_xi",
+                     "vat_weight", "pgd_alpha"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"regularizers.{name} must be a number >= 0, got {value!r}")
+        for name in ("pgd_steps", "vat_iters"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"regularizers.{name} must be an integer >= 1, got {value!r}")
+        for name in ("fgm_target", "pgd_target"):
+            if getattr(self, name) not in TARGETS:
+                raise ValueError(f"regularizers.{name} must be one of {', '.join(TARGETS)}, "
+                                 f"got {getattr(self, name)!r}")
+        if self.fgm_epsilon and self.pgd_epsilon:
+            raise ValueError("regularizers.fgm_epsilon and regularizers.pgd_epsilon are exclusive: choose one")
+
+    @property
+    def active(self) -> bool:
+        return any((self.noise_std, self.fgm_epsilon, self.pgd_epsilon, self.gradient_penalty, self.vat_epsilon))
+
+
+LossFn = Callable[[torch.nn.Module, dict, torch.Tensor | None], dict[str, torch.Tensor]]
+
+
+def _core(model):
+    return getattr(model, "module", model)
+
+
+def _per_example_unit(g: torch.Tensor) -> torch.Tensor:
+    """g / ‖g‖ with the norm over each example's (T, H) block."""
+    norm = g.flatten(1).norm(dim=1).clamp_min(1e-12)
+    return g / norm.view(-1, *([1] * (g.dim() - 1)))
+
+
+def _project(r: torch.Tensor, eps: float) -> torch.Tensor:
+    """Project each example's perturbation onto the ε-ball."""
+    norm = r.flatten(1).norm(dim=1).clamp_min(1e-12)
+    scale = torch.clamp(eps / norm, max=1.0)
+    return r * scale.view(-1, *([1] * (r.dim() - 1)))
+
+
+def _kl_logits(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
+    """KL(p ‖ q) for categorical distributions given by logits over the last dim, mean over rows."""
+    p_log = F.log_softmax(p_logits.float(), dim=-1)
+    q_log = F.log_softmax(q_logits.float(), dim=-1)
+    return (p_log.exp() * (p_log - q_log)).sum(-1).mean()
+
+
+def _floats(parts: dict[str, torch.Tensor]) -> dict[str, float]:
+    return {k: float(v.detach()) for k, v in parts.items() if k != "logits" and v.dim() == 0}
+
+
+def regularized_step(model, batch: dict, loss_fn: LossFn, cfg: RegularizerConfig | None,
+                     backward: Callable[[torch.Tensor], None] = lambda t: t.backward()) -> dict[str, float]:
+    """Run the forward(s) of one micro-batch with the configured regularizers and call `backward`
+    on the total. Returns the logged parts as floats ("loss" is the total that was minimised)."""
+    if cfg is None or not cfg.active:
+        parts = loss_fn(model, batch, None)
+        backward(parts["loss"])
+        return _floats(parts)
+    if cfg.fgm_epsilon and cfg.fgm_target == "embedding_weight":
+        return _weight_adversarial(model, batch, loss_fn, cfg, backward, steps=1, eps=cfg.fgm_epsilon, alpha=1.0)
+    if cfg.pgd_epsilon and cfg.pgd_target == "embedding_weight":
+        return _weight_adversarial(model, batch, loss_fn, cfg, backward, steps=cfg.pgd_steps,
+                                   eps=cfg.pgd_epsilon, alpha=cfg.pgd_alpha)
+
+    if cfg.gradient_penalty:
+        # Double backpropagation: PyTorch's fused CPU/GPU attention kernels have no second
+        # derivative, so this step records the attention in plain (math) operations.
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+        with sdpa_kernel([SDPBackend.MATH]):
+            return _embedding_step(model, batch, loss_fn, cfg, backward)
+    return _embedding_step(model, batch, loss_fn, cfg, backward)
+
+
+def _embedding_step(model, batch, loss_fn, cfg, backward) -> dict[str, float]:
+    core = _core(model)
+    embeds = core.embed(batch["input_ids"], batch.get("segment_ids"))               # (B, T, H)
+    extra: dict[str, torch.Tensor] = {}
+    if cfg.noise_std:
+        noisy = embeds + cfg.noise_std * torch.randn_like(embeds)
+        parts = loss_fn(model, batch, noisy)
+        extra["noise_loss"] = parts["loss"]
+    else:
+        parts = loss_fn(model, batch, embeds)
+    loss = parts["loss"]
+    total = loss
+    need_grad = cfg.fgm_epsilon or cfg.pgd_epsilon or cfg.gradient_penalty
+    if need_grad:
+        (g,) = torch.autograd.grad(loss, embeds, retain_graph=True, create_graph=bool(cfg.gradient_penalty))
+        if cfg.gradient_penalty:
+            gp = 0.5 * cfg.gradient_penalty * g.pow(2).sum()
+            extra["gp"] = gp
+            total = total + gp
+            g = g.detach()
+        if cfg.fgm_epsilon:
+            r = cfg.fgm_epsilon * _per_example_unit(g)
+            adv = loss_fn(model, batch, embeds + r)["loss"]
+            extra["adv_loss"] = adv
+            total = total + adv
+        elif cfg.pgd_epsilon:
+            r, gr, base = torch.zeros_like(embeds), g, embeds.detach()
+            step = cfg.pgd_alpha * cfg.pgd_epsilon
+            for k in range(cfg.pgd_steps):
+                if k:                                # the gradient at the current perturbation
+                    probe = (base + r).requires_grad_(True)
+                    (gr,) = torch.autograd.grad(loss_fn(model, batch, probe)["loss"], probe)
+                r = _project(r + step * _per_example_unit(gr), cfg.pgd_epsilon)
+            adv = loss_fn(model, batch, embeds + r.detach())["loss"]
+            extra["adv_loss"] = adv
+            total = total + adv
+    if cfg.vat_epsilon:
+        if "logits" not in parts:
+            raise ValueError("regularizers.vat_epsilon needs the task's loss_fn to return 'logits'")
+        clean = parts["logits"].detach()
+        d = torch.randn_like(embeds)
+        for _ in range(cfg.vat_iters):
+            d = (cfg.vat_xi * _per_example_unit(d)).requires_grad_(True)
+            kl = _kl_logits(clean, loss_fn(model, batch, embeds.detach() + d)["logits"])
+            (d,) = torch.autograd.grad(kl, d)
+        vat = cfg.vat_weight * _kl_logits(clean, loss_fn(model, batch, embeds + cfg.vat_epsilon
+                                                         * _per_example_unit(d.detach()))["logits"])
+        extra["vat"] = vat
+        total = total + vat
+    backward(total)
+    out = _floats(parts)
+    out.update(_floats(extra))
+    out["task_loss"] = float(loss.detach())
+    out["loss"] = float(total.detach())
+    return out
+
+
+def _weight_adversarial(model, batch, loss_fn, cfg, backward, steps: int, eps: float, alpha: float):
+    """Classic FGM/PGD on the word-embedding matrix W: backward L(W); move W along its gradient
+    (`steps` normalised steps of alpha·ε, projected onto the ε-ball: FGM is one step of ε);
+    backward L(W + r); copy W back bit for bit."""
+    weight = _core(model).embeddings.word_embeddings.weight
+    parts = loss_fn(model, batch, None)
+    (g,) = torch.autograd.grad(parts["loss"], weight, retain_graph=True)
+    backward(parts["loss"])
+    saved = weight.detach().clone()
+    r = torch.zeros_like(saved)
+    adv = None
+    try:
+        for k in range(steps):
+            if k:
+                with torch.no_grad():
+                    weight.copy_(saved + r)
+                (g,) = torch.autograd.grad(loss_fn(model, batch, None)["loss"], weight)
+            norm = g.norm()
+            if norm == 0 or not torch.isfinite(norm):
+                break
+            r = r + alpha * eps * g / norm
+            if r.norm() > eps:
+                r = r * (eps / r.norm())
+        with torch.no_grad():
+            weight.copy_(saved + r)
+        adv = loss_fn(model, batch, None)["loss"]
+        backward(adv)
+    finally:
+        with torch.no_grad():
+            weight.copy_(saved)
+    out = _floats(parts)
+    out["task_loss"] = out["loss"]
+    out["adv_loss"] = float(adv.detach())
+    out["loss"] = out["task_loss"] + out["adv_loss"]
+    return out
