@@ -10,6 +10,7 @@ the reply's segment at inference the one it had in training. [CLS] takes the fir
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -89,3 +90,65 @@ def pad_dialogues(batch: list[EncodedDialogue], pad_id: int) -> dict[str, torch.
         seg[i, :n] = torch.tensor(e.segment_ids)
         mask[i, :n] = 1
     return {"input_ids": ids, "segment_ids": seg, "attention_mask": mask}
+
+
+@dataclass
+class Reply:
+    text: str
+    finish_reason: str             # "eos" | "length"
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class DialogueModel:
+    """A causal dialogue LM with its tokenizer: `chat(history)` and streaming `stream_chat(history)`."""
+
+    def __init__(self, model, tokenizer, max_length: int = 256, max_history: int | None = None):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.max_length = min(max_length, model.config.max_position_embeddings)
+        self.max_history = max_history
+
+    @classmethod
+    def from_pretrained(cls, model_dir, max_length: int = 256, max_history: int | None = None) -> DialogueModel:
+        from components.model import Transformer
+        from components.tokenizer import Tokenizer
+        return cls(Transformer.from_pretrained(model_dir), Tokenizer.from_pretrained(model_dir), max_length,
+                   max_history)
+
+    def _prepare(self, history: list[str], decoding):
+        from components.decoding import DecodingConfig
+        config = decoding if isinstance(decoding, DecodingConfig) else DecodingConfig.from_dict(decoding)
+        room = min(config.max_new_tokens, self.max_length // 2)
+        config = dataclasses.replace(config, max_new_tokens=room, num_return_sequences=1)
+        enc = encode_dialogue(self.tokenizer, history, self.max_length, self.max_history, reply_room=room,
+                              for_reply=True)
+        batch = pad_dialogues([enc], self.tokenizer.pad_id)
+        return config, enc, batch
+
+    def stream_chat(self, history: list[str], decoding=None):
+        """Yields the reply's text as it grows (new characters per step), then the final Reply."""
+        from components.decoding import stream_generate
+        config, enc, batch = self._prepare(history, decoding or {})
+        tokens: list[int] = []
+        shown = ""
+        result = None
+        for event in stream_generate(self.model, batch["input_ids"], batch["segment_ids"], batch["attention_mask"],
+                                     config, eos_token_id=self.tokenizer.sep_id, mask_mode="causal",
+                                     target_segment_id=enc.next_segment):
+            if event and isinstance(event[0], tuple):
+                tokens += [tok for _, tok in event]
+                text = self.tokenizer.decode(tokens)
+                if len(text) > len(shown) and text.startswith(shown):
+                    yield text[len(shown):]
+                    shown = text
+            elif event and isinstance(event[0], list):
+                result = event[0][0]
+        text = self.tokenizer.decode(result.token_ids)
+        if text != shown and text.startswith(shown):
+            yield text[len(shown):]
+        yield Reply(text, result.finish_reason, len(enc.input_ids), len(result.token_ids))
+
+    def chat(self, history: list[str], decoding=None) -> Reply:
+        *_, reply = self.stream_chat(history, decoding)
+        return reply

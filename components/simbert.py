@@ -8,11 +8,13 @@ sentences (seq2seq over the same weights).
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from components.decoding import DecodingConfig, generate
 from components.model import Transformer
 from components.tokenizer import Tokenizer
 
@@ -42,3 +44,47 @@ class SimBERT:
                                 return_logits=False).pooled                  # (b, H)
             out[rows] = torch.nn.functional.normalize(pooled.float(), dim=-1).numpy()
         return out
+
+    @torch.no_grad()
+    def generate(self, texts: list[str], n: int = 1, decoding: dict | DecodingConfig | None = None
+                 ) -> list[list[str]]:
+        """n generated similar sentences per text (duplicates and the input included): one batched,
+        cached decode in which every source is encoded once."""
+        config = decoding if isinstance(decoding, DecodingConfig) else DecodingConfig.from_dict(
+            {"max_new_tokens": self.max_length, **(decoding or {})})
+        config = dataclasses.replace(config, num_return_sequences=n)
+        if config.strategy == "greedy" and n > 1:
+            config = dataclasses.replace(config, strategy="sample")
+        batch = self.tokenizer.encode_batch(texts, max_length=self.max_length)
+        limit = self.model.config.max_position_embeddings - int(batch.attention_mask.sum(1).max())
+        if config.max_new_tokens > limit:
+            config = dataclasses.replace(config, max_new_tokens=max(1, limit))
+        gens = generate(self.model, batch.input_ids, batch.segment_ids, batch.attention_mask, config,
+                        eos_token_id=self.tokenizer.sep_id, mask_mode="unilm", target_segment_id=1)
+        return [[self.tokenizer.decode(g.token_ids) for g in row] for row in gens]
+
+    def similar_many(self, texts: list[str], n: int = 32, k: int = 10, decoding: dict | None = None,
+                     keep_input: bool = False) -> list[list[tuple[str, float]]]:
+        """SimBERT's gen_synonyms for many texts at once: n candidates each from one batched decode,
+        duplicates and (unless keep_input) the input itself removed, reranked by cosine similarity
+        to the input, top k returned as (text, cosine), best first."""
+        settings = {"strategy": "sample", "top_k": 5, **(decoding or {})}
+        candidates = self.generate(texts, n, settings)
+        pools = []
+        for text, cands in zip(texts, candidates):
+            seen = dict.fromkeys(c for c in cands if c.strip() and (keep_input or c != text))
+            pools.append(list(seen))
+        flat = [c for pool in pools for c in pool]
+        vectors = self.encode(list(texts) + flat) if flat else self.encode(list(texts))
+        sources, cand_vecs = vectors[:len(texts)], vectors[len(texts):]
+        out, start = [], 0
+        for i, pool in enumerate(pools):
+            vecs = cand_vecs[start:start + len(pool)]
+            start += len(pool)
+            scores = vecs @ sources[i] if len(pool) else np.zeros(0)
+            order = np.argsort(-scores, kind="stable")[:k]
+            out.append([(pool[j], float(scores[j])) for j in order])
+        return out
+
+    def similar(self, text: str, n: int = 32, k: int = 10, decoding: dict | None = None) -> list[tuple[str, float]]:
+        return self.similar_many([text], n, k, decoding)[0]

@@ -1,0 +1,73 @@
+"""Logit processors: temperature, repetition controls, top-k and nucleus filtering, and their
+consistent variants that never remove EOS.
+
+Ties: candidates are ordered by descending logit with a *stable* sort, so among equal logits the
+lower token id ranks first. top-k keeps exactly k tokens in that order; nucleus keeps the shortest
+prefix of that order whose probability mass reaches p, the crossing token included.
+"""
+
+from __future__ import annotations
+
+import torch
+
+NEG_INF = float("-inf")
+
+
+def top_k_mask(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """(N, V) -> bool (N, V): True for the k best tokens of each row (ties by lower id)."""
+    k = min(k, logits.shape[-1])
+    order = torch.sort(logits, dim=-1, descending=True, stable=True).indices
+    keep = torch.zeros_like(logits, dtype=torch.bool)
+    return keep.scatter_(-1, order[:, :k], True)
+
+
+def top_p_mask(logits: torch.Tensor, p: float) -> torch.Tensor:
+    """(N, V) -> bool (N, V): the nucleus — tokens whose preceding cumulative mass is < p."""
+    sorted_logits, order = torch.sort(logits, dim=-1, descending=True, stable=True)
+    probs = sorted_logits.float().softmax(-1)
+    before = probs.cumsum(-1) - probs                      # mass of strictly better-ranked tokens
+    keep_sorted = before < p
+    keep_sorted[:, 0] = True                               # the best token is always kept
+    keep = torch.zeros_like(logits, dtype=torch.bool)
+    return keep.scatter_(-1, order, keep_sorted)
+
+
+def filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None, eos_id: int | None = None,
+                  consistent: bool = False) -> torch.Tensor:
+    """Set filtered tokens to -inf. With `consistent`, EOS keeps its logit whatever the filters say."""
+    keep = torch.ones_like(logits, dtype=torch.bool)
+    if top_k is not None:
+        keep &= top_k_mask(logits, top_k)
+    if top_p is not None and top_p < 1.0:
+        keep &= top_p_mask(logits, top_p)
+    if consistent:
+        if eos_id is None:
+            raise ValueError("consistent decoding needs the EOS token id")
+        keep[:, eos_id] = True
+    return logits.masked_fill(~keep, NEG_INF)
+
+
+def apply_repetition_penalty(logits: torch.Tensor, generated: torch.Tensor, penalty: float) -> torch.Tensor:
+    """generated: (N, t) token ids (pad with -1). Tokens already generated get logit / penalty when
+    positive and logit × penalty otherwise."""
+    if penalty == 1.0 or generated.shape[1] == 0:
+        return logits
+    ids = generated.clamp_min(0)
+    seen = torch.zeros_like(logits, dtype=torch.bool).scatter_(1, ids, generated >= 0)
+    penalised = torch.where(logits > 0, logits / penalty, logits * penalty)
+    return torch.where(seen, penalised, logits)
+
+
+def ban_repeated_ngrams(logits: torch.Tensor, generated: list[list[int]], n: int) -> torch.Tensor:
+    """Forbid tokens that would complete an n-gram already present in the row's generated tokens."""
+    if n <= 0:
+        return logits
+    logits = logits.clone()
+    for row, seq in enumerate(generated):
+        if len(seq) < n - 1 or (n > 1 and len(seq) < n):
+            continue
+        prefix = tuple(seq[len(seq) - n + 1:]) if n > 1 else ()
+        banned = [seq[i + n - 1] for i in range(len(seq) - n + 1) if tuple(seq[i:i + n - 1]) == prefix]
+        if banned:
+            logits[row, banned] = NEG_INF
+    return logits
