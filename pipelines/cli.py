@@ -24,6 +24,7 @@ COMMANDS: dict[str, str] = {
     "serve": "pipelines.commands.serve",
     "train": "pipelines.commands.train",
     "data": "pipelines.commands.data",
+    "attribute": "pipelines.commands.attribute",
 }
 
 
