@@ -28,8 +28,9 @@ def add_arguments(parser) -> None:
                         help="pad (default): [PAD] tokens with [CLS]/[SEP] kept; zero: zero embeddings")
     parser.add_argument("--baseline-text", default=None,
                         help="use this text as the baseline instead (cut or [PAD]-padded to each input's length)")
-    parser.add_argument("--batch-size", type=int, default=64,
-                        help="interpolation points per forward pass (bounds memory; same results)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="interpolation points per forward pass (bounds memory, same results; "
+                             "default: about 2048 tokens' worth)")
     parser.add_argument("--max-length", type=int, default=None, help="truncate texts to this many tokens")
     parser.add_argument("--html", default=None, metavar="FILE", help="write the heat-map page here")
     parser.add_argument("--png", default=None, metavar="FILE", help="write a bar chart here")
@@ -49,7 +50,7 @@ def run(args) -> int:
             raise UserError(f"{flag}: directory of '{path}' does not exist")
     if args.steps < 1:
         raise UserError(f"--steps must be a positive integer, got {args.steps}")
-    if args.batch_size < 1:
+    if args.batch_size is not None and args.batch_size < 1:
         raise UserError(f"--batch-size must be a positive integer, got {args.batch_size}")
 
     from components.attribution import Attributor

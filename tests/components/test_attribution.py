@@ -106,7 +106,7 @@ def test_bad_rules(rule, n, message):
 @pytest.mark.parametrize("rule", RULES)
 def test_parity_with_captum_layer_ig(classifier, tokenizer, rule):
     n = 16
-    ours = attribute_batch(classifier, tokenizer, TEXTS, rule=rule, n_steps=n, internal_batch_size=None)
+    ours = attribute_batch(classifier, tokenizer, TEXTS, rule=rule, n_steps=n)
     targets = [r.target for r in ours]
     theirs, theirs_delta = captum_lig(classifier, tokenizer, TEXTS, targets, n_steps=n, method=rule)
     # captum's trapezoid weights are ours times (n-1)/n (see test_trapezoid_weights_sum_to_one).
@@ -193,19 +193,24 @@ def test_more_steps_shrink_the_riemann_delta(classifier, tokenizer):
 
 
 def test_internal_batch_size_does_not_change_results(classifier, tokenizer):
-    # 13 steps and chunks of 8 rows: chunks straddle texts of different lengths.
-    full = attribute_batch(classifier, tokenizer, TEXTS, n_steps=13, internal_batch_size=None)
-    chunked = attribute_batch(classifier, tokenizer, TEXTS, n_steps=13, internal_batch_size=8)
-    for a, b in zip(full, chunked):
+    # 13 steps in chunks of 8 rows: chunks end mid-text, and the three equal-length texts share chunks.
+    texts = TEXTS + ["服务很好", "快递太慢", "价格便宜"]
+    full = attribute_batch(classifier, tokenizer, texts, n_steps=13, internal_batch_size=10_000)
+    chunked = attribute_batch(classifier, tokenizer, texts, n_steps=13, internal_batch_size=8)
+    auto = attribute_batch(classifier, tokenizer, texts, n_steps=13)          # TOKENS_PER_PASS
+    assert len(full) == len(chunked) == len(auto) == 6
+    for a, b, c in zip(full, chunked, auto):
         np.testing.assert_allclose(a.scores, b.scores, atol=1e-6, rtol=0)
         np.testing.assert_allclose(a.norms, b.norms, atol=1e-6, rtol=0)
+        np.testing.assert_allclose(a.scores, c.scores, atol=1e-6, rtol=0)
         assert a.delta == pytest.approx(b.delta, abs=1e-6)
 
 
 def test_batch_equals_one_by_one(classifier, tokenizer):
-    together = attribute_batch(classifier, tokenizer, TEXTS, n_steps=10)
-    for text, r in zip(TEXTS, together):
-        alone = attribute(classifier, tokenizer, text, n_steps=10)
+    texts = TEXTS + ["服务很好", "快递太慢"]
+    together = attribute_batch(classifier, tokenizer, texts, n_steps=10, target=[None, 0, 1, 2, None])
+    for text, r, t in zip(texts, together, [None, 0, 1, 2, None]):
+        alone = attribute(classifier, tokenizer, text, n_steps=10, target=t)
         np.testing.assert_allclose(r.scores, alone.scores, atol=1e-6, rtol=0)
         assert (r.label, r.target, r.tokens) == (alone.label, alone.target, alone.tokens)
 
