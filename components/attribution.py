@@ -164,6 +164,11 @@ def _eval_mode(model: torch.nn.Module):
             model.train()
 
 
+def _check_batch_size(size) -> None:
+    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 1):
+        raise ValueError(f"internal_batch_size must be a positive integer or None, got {size!r}")
+
+
 # --- the integral -------------------------------------------------------------------------------
 def integrated_gradients(model: Transformer, inputs: list[torch.Tensor], baselines: list[torch.Tensor],
                          targets: Sequence[int], segments: list[torch.Tensor] | None = None, *,
@@ -175,8 +180,7 @@ def integrated_gradients(model: Transformer, inputs: list[torch.Tensor], baselin
     the model at once (None: TOKENS_PER_PASS tokens' worth). Dropout is switched off meanwhile."""
     if quantity not in QUANTITIES:
         raise ValueError(f"unknown quantity {quantity!r}; valid: {', '.join(QUANTITIES)}")
-    if internal_batch_size is not None and (not isinstance(internal_batch_size, int) or internal_batch_size < 1):
-        raise ValueError(f"internal_batch_size must be a positive integer or None, got {internal_batch_size!r}")
+    _check_batch_size(internal_batch_size)
     if len(inputs) != len(baselines) or len(inputs) != len(targets):
         raise ValueError(f"{len(inputs)} inputs, {len(baselines)} baselines and {len(targets)} targets")
     for x, b in zip(inputs, baselines):
@@ -264,8 +268,9 @@ def attribute_batch(model: Transformer, tokenizer: Tokenizer, texts: Sequence[st
 
     target: None (each text's predicted class), one class id / label name for all texts, or a
     list with one per text. internal_batch_size: rows (text, α) per forward pass, bounding memory
-    (None: about TOKENS_PER_PASS tokens per pass; the results do not depend on it). Texts longer than `max_length` tokens (default: the tokenizer's limit,
-    at most the model's positions) are truncated; the result's tokens show what was attributed.
+    (None: about TOKENS_PER_PASS tokens per pass; the results do not depend on it). Texts longer
+    than `max_length` tokens (default: the tokenizer's limit, at most the model's positions) are
+    truncated; the result's tokens show what was attributed.
     """
     check_classifier(model)
     if isinstance(texts, str):
@@ -284,6 +289,7 @@ def attribute_batch(model: Transformer, tokenizer: Tokenizer, texts: Sequence[st
         raise ValueError("baseline_text is required with baseline='text' and only then")
     if quantity not in QUANTITIES:
         raise ValueError(f"unknown quantity {quantity!r}; valid: {', '.join(QUANTITIES)}")
+    _check_batch_size(internal_batch_size)
     integration_points(rule, n_steps)                                      # validates rule and n_steps
     targets = list(target) if isinstance(target, list | tuple) else [target] * len(texts)
     if len(targets) != len(texts):
@@ -306,12 +312,14 @@ def attribute_batch(model: Transformer, tokenizer: Tokenizer, texts: Sequence[st
     with _eval_mode(model):
         segs = [torch.tensor(s, dtype=torch.long, device=device) for _, s in encoded]
         with torch.no_grad():
-            xs = [model.embed(torch.tensor([ids], device=device), seg[None])[0] for (ids, _), seg in zip(encoded, segs)]
+            def embed(ids, seg):                                            # (T,) ids -> (T, H)
+                return model.embed(torch.tensor([ids], device=device), seg[None])[0]
+            xs = [embed(ids, seg) for (ids, _), seg in zip(encoded, segs)]
             if baseline == "zero":
                 bs = [torch.zeros_like(x) for x in xs]
             else:
-                bs = [model.embed(torch.tensor([_baseline_ids(baseline, ids, tokenizer, base_body)], device=device),
-                                  seg[None])[0] for (ids, _), seg in zip(encoded, segs)]
+                bs = [embed(_baseline_ids(baseline, ids, tokenizer, base_body), seg)
+                      for (ids, _), seg in zip(encoded, segs)]
         # F at both ends, exactly (not from the path): one batched forward of 2N rows.
         ends = endpoint_logits(model, xs + bs, segs + segs, internal_batch_size)            # (2N, C)
         logits_x, logits_b = ends[:len(xs)], ends[len(xs):]
