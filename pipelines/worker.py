@@ -96,6 +96,7 @@ def train_loop(config: dict) -> None:
     import deepspeed
     import ray.train
     import torch.distributed as dist
+
     from components.regularizers import regularized_step
 
     recipe, task = config["recipe"], config["task"]
