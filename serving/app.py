@@ -1,0 +1,103 @@
+"""The Serve application and its builder.
+
+    serve run serving.app:app                                   # model/index from BERT4RAY_MODEL / BERT4RAY_INDEX
+    serve run serving.app:build_app model=runs/m index=runs/i   # builder with typed arguments
+    serve run serving/config.yaml                               # the shipped Serve config (also `serve deploy`)
+    bert4ray serve --model DIR --index DIR                      # the same, with clean start and stop
+
+`model` and `chat_model` accept a model directory or an MLflow model URI
+(`models:/name/1`, `models:/name@alias`, `runs:/<id>/model`).
+"""
+
+from __future__ import annotations
+
+import os
+
+from pydantic import BaseModel, ConfigDict, Field
+from ray.serve import Application
+
+from serving.deployments import ChatDeployment, GeneratorDeployment, RetrieverDeployment
+from serving.ingress import Ingress
+from serving.schemas import Limits
+
+
+class Batching(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool = True
+    max_batch_size: int = Field(16, ge=1, le=256)
+    batch_wait_timeout_s: float = Field(0.005, ge=0, le=1)
+
+
+class Scaling(BaseModel):
+    """Replica settings applied to every model deployment (the ingress keeps one replica per node)."""
+    model_config = ConfigDict(extra="forbid")
+    num_replicas: int | str = 1
+    """A count, or "auto" to use `autoscaling`."""
+    autoscaling: dict | None = None
+    """Ray Serve autoscaling_config, e.g. {min_replicas: 1, max_replicas: 4, target_ongoing_requests: 8}."""
+    num_cpus: float = Field(1.0, gt=0)
+    max_ongoing_requests: int = Field(64, ge=1)
+
+
+class AppArgs(BaseModel):
+    """Typed arguments of the application builder (also the `args:` of serving/config.yaml)."""
+    model_config = ConfigDict(extra="forbid")
+    model: str | None = None
+    """SimBERT model (generation, retrieval, embeddings): directory or MLflow URI."""
+    index: str | None = None
+    """Index directory built by `bert4ray index` with the same model."""
+    chat_model: str | None = None
+    """Dialogue LM for /v1/chat/completions."""
+    max_length: int = Field(64, ge=8, le=512)
+    limits: Limits = Field(default_factory=Limits)
+    batching: Batching = Field(default_factory=Batching)
+    scaling: Scaling = Field(default_factory=Scaling)
+    api_key_env: str = "BERT4RAY_API_KEY"
+    """Name of the environment variable that holds the API key; unset variable = no key required."""
+
+
+def _options(scaling: Scaling) -> dict:
+    opts = {"ray_actor_options": {"num_cpus": scaling.num_cpus},
+            "max_ongoing_requests": scaling.max_ongoing_requests}
+    if scaling.num_replicas == "auto" or scaling.autoscaling:
+        opts["autoscaling_config"] = scaling.autoscaling or {"min_replicas": 1, "max_replicas": 2}
+    else:
+        opts["num_replicas"] = int(scaling.num_replicas)
+    return opts
+
+
+def build_app(args: dict | AppArgs) -> Application:
+    args = args if isinstance(args, AppArgs) else AppArgs(**args)
+    if not (args.model or args.chat_model):
+        raise ValueError("nothing to serve: give model (SimBERT) and/or chat_model")
+    if args.index and not args.model:
+        raise ValueError("an index needs the model that built it: give model as well")
+    opts = _options(args.scaling)
+    batching = args.batching.model_dump()
+    bound = {}
+    if args.model:
+        bound["retriever"] = RetrieverDeployment.options(**opts).bind(args.model, args.index, batching,
+                                                                       args.max_length)
+        bound["generator"] = GeneratorDeployment.options(**opts).bind(args.model, batching, args.max_length)
+    if args.chat_model:
+        bound["chat"] = ChatDeployment.options(**opts).bind(args.chat_model)
+    # The key travels from the environment of the process that builds the app (serve run,
+    # bert4ray serve) to the ingress replicas, never through a config file.
+    env = {args.api_key_env: os.environ[args.api_key_env]} if os.environ.get(args.api_key_env) else {}
+    ingress_opts = {"num_cpus": 0.1, **({"runtime_env": {"env_vars": env}} if env else {})}
+    return Ingress.options(ray_actor_options=ingress_opts).bind(
+        limits=args.limits.model_dump(), api_key_env=args.api_key_env, **bound)
+
+
+def _env_args() -> dict:
+    root = os.path.join("bert4ray-runs", "quickstart")
+    args = {"model": os.environ.get("BERT4RAY_MODEL", os.path.join(root, "model"))}
+    index = os.environ.get("BERT4RAY_INDEX", os.path.join(root, "index"))
+    if index and os.path.isdir(index):
+        args["index"] = index
+    if os.environ.get("BERT4RAY_CHAT_MODEL"):
+        args["chat_model"] = os.environ["BERT4RAY_CHAT_MODEL"]
+    return args
+
+
+app = build_app(_env_args())

@@ -1,0 +1,35 @@
+"""Paraphrase generation: the plain logic behind /v1/similar (SimBERT's gen_synonyms, batched)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from components.simbert import SimBERT
+from components.weights import model_fingerprint
+
+
+class Generator:
+    def __init__(self, model_dir: str | Path, max_length: int = 64):
+        self.model_dir = Path(model_dir)
+        self.simbert = SimBERT.from_pretrained(self.model_dir, max_length=max_length)
+        self.fingerprint = model_fingerprint(self.model_dir)
+
+    @property
+    def name(self) -> str:
+        return self.model_dir.name
+
+    def similar_many(self, items: list[dict]) -> list[list[dict]]:
+        """items: {"text", "n", "k", "decoding": {...}}. Requests with the same decoding settings and
+        n are decoded together in one batched, cached call (each source encoded once)."""
+        groups: dict[str, list[int]] = {}
+        for i, item in enumerate(items):
+            key = repr((item["n"], sorted(item["decoding"].items())))
+            groups.setdefault(key, []).append(i)
+        out: list[list[dict]] = [[] for _ in items]
+        for rows in groups.values():
+            first = items[rows[0]]
+            results = self.simbert.similar_many([items[i]["text"] for i in rows], n=first["n"],
+                                                k=max(items[i]["k"] for i in rows), decoding=first["decoding"])
+            for i, cands in zip(rows, results):
+                out[i] = [{"text": t, "score": s} for t, s in cands[:items[i]["k"]]]
+        return out

@@ -1,0 +1,187 @@
+"""The one FastAPI ingress: routes, limits, timeouts and errors; composes the capability
+deployments through DeploymentHandles. Routes whose capability is not deployed answer 404 with
+the usual error body."""
+
+
+import asyncio
+import json
+import time
+import uuid
+from importlib import resources
+
+from fastapi import FastAPI
+from fastapi.responses import HTMLResponse, StreamingResponse
+from ray import serve
+
+from serving.errors import ApiError, GuardMiddleware, install_error_handlers
+from serving.schemas import (
+    ChatRequest,
+    EmbeddingsRequest,
+    EmbeddingsResponse,
+    Limits,
+    SearchRequest,
+    SearchResponse,
+    SimilarRequest,
+    SimilarResponse,
+)
+
+
+class _Settings:
+    """Per-process settings read by the middleware, set when the ingress replica starts."""
+    limits = Limits()
+    api_key_env = "BERT4RAY_API_KEY"
+
+
+class _LazyGuard:
+    def __init__(self, app):
+        self.app = app
+        self._guard = None
+
+    async def __call__(self, scope, receive, send):
+        if self._guard is None:
+            self._guard = GuardMiddleware(self.app, _Settings.limits.max_body_bytes, _Settings.api_key_env)
+        await self._guard(scope, receive, send)
+
+
+api = FastAPI(title="bert4ray", version="0.1.0",
+              description="SimBERT paraphrases and retrieval, embeddings, dialogue, attribution and parsing.")
+api.add_middleware(_LazyGuard)
+install_error_handlers(api)
+
+
+def _limit(ok: bool, message: str) -> None:
+    if not ok:
+        raise ApiError(422, "limit_exceeded", message)
+
+
+async def _await(response):
+    return await response
+
+
+@serve.deployment(name="ingress", graceful_shutdown_wait_loop_s=0.5, graceful_shutdown_timeout_s=5)
+@serve.ingress(api)
+class Ingress:
+    def __init__(self, limits: dict | None = None, api_key_env: str = "BERT4RAY_API_KEY", retriever=None,
+                 generator=None, chat=None, extra: dict | None = None):
+        self.limits = Limits(**(limits or {}))
+        _Settings.limits, _Settings.api_key_env = self.limits, api_key_env
+        self.handles = {"retriever": retriever, "generator": generator, "chat": chat, **(extra or {})}
+
+    # --- helpers ----------------------------------------------------------------------------
+    def _handle(self, name: str, what: str):
+        handle = self.handles.get(name)
+        if handle is None:
+            raise ApiError(404, "not_deployed", f"{what} is not available: no {name} model is loaded")
+        return handle
+
+    async def _call(self, response):
+        try:
+            return await asyncio.wait_for(_await(response), self.limits.timeout_s)
+        except TimeoutError:
+            response.cancel()
+            raise ApiError(504, "timeout", f"request took longer than {self.limits.timeout_s:g} s") from None
+
+    def _text(self, field: str, text: str) -> None:
+        _limit(len(text) <= self.limits.max_text_chars,
+               f"{field} has {len(text)} characters; the limit is {self.limits.max_text_chars}")
+
+    # --- routes -----------------------------------------------------------------------------
+    @api.get("/healthz")
+    async def healthz(self) -> dict:
+        return {"status": "ok"}
+
+    @api.get("/v1/models")
+    async def models(self) -> dict:
+        data = []
+        for name, handle in self.handles.items():
+            if handle is not None:
+                info = await self._call(handle.info.remote())
+                data.append({"object": "model", "owned_by": "bert4ray", "capability": name, **info})
+        return {"object": "list", "data": data}
+
+    @api.get("/", response_class=HTMLResponse)
+    async def demo(self) -> HTMLResponse:
+        page = resources.files("serving").joinpath("static/index.html").read_text(encoding="utf-8")
+        return HTMLResponse(page)
+
+    @api.post("/v1/similar", response_model=SimilarResponse)
+    async def similar(self, req: SimilarRequest) -> dict:
+        self._text("text", req.text)
+        _limit(req.n <= self.limits.max_n, f"n={req.n} exceeds the limit of {self.limits.max_n}")
+        _limit(req.k <= self.limits.max_k, f"k={req.k} exceeds the limit of {self.limits.max_k}")
+        steps = req.decoding.max_new_tokens or self.limits.max_new_tokens
+        _limit(steps <= self.limits.max_new_tokens,
+               f"decoding.max_new_tokens={steps} exceeds the limit of {self.limits.max_new_tokens}")
+        item = req.model_dump()
+        item["decoding"]["max_new_tokens"] = steps
+        handle = self._handle("generator", "paraphrase generation")
+        return {"candidates": await self._call(handle.similar.remote(item))}
+
+    @api.post("/v1/search", response_model=SearchResponse)
+    async def search(self, req: SearchRequest) -> dict:
+        self._text("query", req.query)
+        _limit(req.k <= self.limits.max_k, f"k={req.k} exceeds the limit of {self.limits.max_k}")
+        handle = self._handle("retriever", "search")
+        info = await self._call(handle.info.remote())
+        if info.get("index_size") is None:
+            raise ApiError(404, "no_index", "no index is loaded: start the server with --index DIR")
+        return {"hits": await self._call(handle.search.remote(req.query, req.k))}
+
+    @api.post("/v1/embeddings", response_model=EmbeddingsResponse)
+    async def embeddings(self, req: EmbeddingsRequest) -> dict:
+        texts = [req.input] if isinstance(req.input, str) else req.input
+        _limit(len(texts) <= self.limits.max_batch_inputs,
+               f"{len(texts)} inputs exceed the limit of {self.limits.max_batch_inputs}")
+        for i, text in enumerate(texts):
+            self._text(f"input[{i}]", text)
+        handle = self._handle("retriever", "embeddings")
+        vectors = await self._call(handle.embed.remote(texts))
+        info = await self._call(handle.info.remote())
+        tokens = sum(len(t) for t in texts)
+        return {"object": "list", "model": info["id"],
+                "data": [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)],
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+
+    @api.post("/v1/chat/completions")
+    async def chat_completions(self, req: ChatRequest):
+        _limit(len(req.messages) <= self.limits.max_turns,
+               f"{len(req.messages)} messages exceed the limit of {self.limits.max_turns}")
+        for i, m in enumerate(req.messages):
+            self._text(f"messages[{i}].content", m.content)
+        if req.messages[-1].role != "user":
+            raise ApiError(422, "invalid_request", "the last message must come from the user")
+        max_tokens = req.max_tokens or self.limits.max_new_tokens
+        _limit(max_tokens <= self.limits.max_new_tokens,
+               f"max_tokens={max_tokens} exceeds the limit of {self.limits.max_new_tokens}")
+        item = req.model_dump()
+        item["max_tokens"] = max_tokens
+        handle = self._handle("chat", "chat")
+        info = await self._call(handle.info.remote())
+        cid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+        if not req.stream:
+            out = await self._call(handle.complete.remote(item))
+            return {"id": cid, "object": "chat.completion", "created": created, "model": info["id"],
+                    "choices": [{"index": 0, "finish_reason": out["finish_reason"],
+                                 "message": {"role": "assistant", "content": out["text"]}}],
+                    "usage": out["usage"]}
+        stream = handle.options(stream=True).stream.remote(item)
+
+        def chunk(delta: dict, finish: str | None = None) -> str:
+            body = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": info["id"],
+                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+            return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
+
+        async def events():
+            yield chunk({"role": "assistant", "content": ""})
+            try:
+                async for piece in stream:
+                    if isinstance(piece, dict):
+                        yield chunk({}, piece["finish_reason"])
+                    else:
+                        yield chunk({"content": piece})
+            except Exception as exc:  # noqa: BLE001 - the stream has started; report in-band
+                err = {"error": {"code": "generation_failed", "message": str(exc).splitlines()[0][:200]}}
+                yield f"data: {json.dumps(err)}\n\n"
+            yield "data: [DONE]\n\n"
+        return StreamingResponse(events(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

@@ -1,0 +1,135 @@
+"""Request and response schemas. Every request model forbids unknown fields; bounds come from
+`Limits`, so a deployment can tighten or loosen them in its config."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class Limits(BaseModel):
+    """Bounds on what one request may ask for."""
+    model_config = ConfigDict(extra="forbid")
+    max_text_chars: int = Field(256, ge=1)
+    max_n: int = Field(64, ge=1)
+    max_k: int = Field(100, ge=1)
+    max_batch_inputs: int = Field(64, ge=1)
+    max_new_tokens: int = Field(64, ge=1)
+    max_turns: int = Field(16, ge=1)
+    max_steps: int = Field(200, ge=1)
+    max_body_bytes: int = Field(65536, ge=1024)
+    timeout_s: float = Field(30.0, gt=0)
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
+
+
+class DecodingOptions(Strict):
+    """Decoding settings a client may set per request (validated again by the decoder)."""
+    strategy: Literal["sample", "greedy", "beam"] = "sample"
+    temperature: float = Field(1.0, gt=0, le=10)
+    top_k: int | None = Field(None, ge=1, le=1000)
+    top_p: float | None = Field(None, gt=0, le=1)
+    consistent: bool = False
+    num_beams: int = Field(1, ge=1, le=16)
+    max_new_tokens: int | None = Field(None, ge=1)
+    repetition_penalty: float = Field(1.0, gt=0, le=10)
+    no_repeat_ngram_size: int = Field(0, ge=0, le=10)
+    seed: int | None = None
+
+
+def nonempty(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty")
+    return value
+
+
+class SimilarRequest(Strict):
+    text: str = Field(min_length=1)
+    n: int = Field(32, ge=1)
+    k: int = Field(5, ge=1)
+    decoding: DecodingOptions = Field(default_factory=DecodingOptions)
+    _check = field_validator("text")(nonempty)
+
+
+class Candidate(BaseModel):
+    text: str
+    score: float
+
+
+class SimilarResponse(BaseModel):
+    candidates: list[Candidate]
+
+
+class SearchRequest(Strict):
+    query: str = Field(min_length=1)
+    k: int = Field(5, ge=1)
+    _check = field_validator("query")(nonempty)
+
+
+class SearchHit(BaseModel):
+    id: str
+    text: str
+    score: float
+
+
+class SearchResponse(BaseModel):
+    hits: list[SearchHit]
+
+
+class EmbeddingsRequest(Strict):
+    input: str | list[str]
+    model: str | None = None
+    encoding_format: Literal["float"] = "float"
+
+    @field_validator("input")
+    @classmethod
+    def _inputs(cls, value):
+        items = [value] if isinstance(value, str) else value
+        if not items:
+            raise ValueError("must contain at least one text")
+        for item in items:
+            nonempty(item)
+        return value
+
+
+class EmbeddingItem(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float]
+
+
+class EmbeddingsResponse(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[EmbeddingItem]
+    model: str
+    usage: dict[str, int]
+
+
+class ChatMessage(Strict):
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class ChatRequest(Strict):
+    messages: list[ChatMessage] = Field(min_length=1)
+    model: str | None = None
+    max_tokens: int | None = Field(None, ge=1)
+    temperature: float = Field(1.0, ge=0, le=10)
+    top_p: float | None = Field(None, gt=0, le=1)
+    top_k: int | None = Field(None, ge=1, le=1000)
+    consistent: bool = False
+    stream: bool = False
+    seed: int | None = None
+    n: int = Field(1, ge=1, le=1)
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
