@@ -3,7 +3,10 @@ the model that embedded it.
 
 Vectors are L2-normalised, so inner product = cosine. Small corpora use exact search
 (`IndexFlatIP`); beyond `hnsw_threshold` vectors (or when asked) an HNSW graph
-(`IndexHNSWFlat`, inner-product metric) gives approximate search. A directory holds:
+(`IndexHNSWFlat`, inner-product metric) gives approximate search. `ivf` (an inverted file,
+`IndexIVFFlat` over k-means cells, `nprobe` cells searched per query) is the choice for large
+batched query loads: it is trained on the first vectors added, so add a representative batch
+first. A directory holds:
 
     index.faiss     the FAISS index
     table.parquet   row -> (id, text)
@@ -26,7 +29,7 @@ import pyarrow.parquet as pq
 
 from components.io import atomic_directory
 
-INDEX_KINDS = ("auto", "flat", "hnsw")
+INDEX_KINDS = ("auto", "flat", "hnsw", "ivf")
 
 
 class IndexLoadError(ValueError):
@@ -56,12 +59,15 @@ def _sha256(path: Path) -> str:
 
 class VectorIndex:
     def __init__(self, dim: int, fingerprint: str, kind: str = "auto", hnsw_threshold: int = 50_000,
-                 hnsw_m: int = 32, ef_construction: int = 200, ef_search: int = 256):
+                 hnsw_m: int = 32, ef_construction: int = 200, ef_search: int = 256,
+                 ivf_lists: int | None = None, nprobe: int = 16):
         if kind not in INDEX_KINDS:
             raise ValueError(f"unknown index kind {kind!r}; valid: {', '.join(INDEX_KINDS)}")
         self.dim, self.fingerprint, self.kind = dim, fingerprint, kind
         self.hnsw_threshold, self.hnsw_m = hnsw_threshold, hnsw_m
         self.ef_construction, self.ef_search = ef_construction, ef_search
+        self.ivf_lists, self.nprobe = ivf_lists, nprobe
+        """IVF cells (default 4·sqrt(N) of the first batch) and cells searched per query."""
         self.ids: list[str] = []
         self.texts: list[str] = []
         self._index: faiss.Index | None = None
@@ -72,7 +78,9 @@ class VectorIndex:
     @property
     def resolved_kind(self) -> str:
         if self._index is not None:
-            return "hnsw" if isinstance(self._index, faiss.IndexHNSWFlat) else "flat"
+            if isinstance(self._index, faiss.IndexHNSWFlat):
+                return "hnsw"
+            return "ivf" if isinstance(self._index, faiss.IndexIVF) else "flat"
         return self.kind
 
     def _new_index(self, n: int) -> faiss.Index:
@@ -81,6 +89,14 @@ class VectorIndex:
             kind = "hnsw" if n >= self.hnsw_threshold else "flat"
         if kind == "flat":
             return faiss.IndexFlatIP(self.dim)
+        if kind == "ivf":
+            lists = self.ivf_lists or max(1, int(4 * n ** 0.5))
+            if n < lists:
+                raise ValueError(f"an ivf index with {lists} cells needs at least {lists} vectors in its first add, "
+                                 f"got {n}")
+            index = faiss.IndexIVFFlat(faiss.IndexFlatIP(self.dim), self.dim, lists, faiss.METRIC_INNER_PRODUCT)
+            index.nprobe = self.nprobe
+            return index
         index = faiss.IndexHNSWFlat(self.dim, self.hnsw_m, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = self.ef_construction
         index.hnsw.efSearch = self.ef_search
@@ -95,6 +111,8 @@ class VectorIndex:
             raise ValueError(f"{len(vectors)} vectors, {len(ids)} ids and {len(texts)} texts differ in number")
         if self._index is None:
             self._index = self._new_index(len(vectors))
+            if not self._index.is_trained:                       # ivf: k-means cells from this batch
+                self._index.train(vectors)
         self._index.add(vectors)
         self.ids.extend(str(i) for i in ids)
         self.texts.extend(texts)
@@ -121,7 +139,7 @@ class VectorIndex:
             pq.write_table(pa.table({"id": self.ids, "text": self.texts}), tmp / "table.parquet")
             meta = {"format_version": 1, "kind": self.resolved_kind, "dim": self.dim, "count": len(self.ids),
                     "model_fingerprint": self.fingerprint, "index_sha256": _sha256(tmp / "index.faiss"),
-                    "hnsw_m": self.hnsw_m, "ef_search": self.ef_search}
+                    "hnsw_m": self.hnsw_m, "ef_search": self.ef_search, "nprobe": self.nprobe}
             (tmp / "index.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
 
     @classmethod
@@ -151,9 +169,11 @@ class VectorIndex:
             raise IndexLoadError(f"index '{index_dir}' is inconsistent: {index.ntotal} vectors, "
                               f"{table.num_rows} table rows, {count} expected")
         out = cls(dim, fingerprint, kind=meta.get("kind", "flat"), hnsw_m=meta.get("hnsw_m", 32),
-                  ef_search=meta.get("ef_search", 256))
+                  ef_search=meta.get("ef_search", 256), nprobe=meta.get("nprobe", 16))
         if isinstance(index, faiss.IndexHNSWFlat):
             index.hnsw.efSearch = out.ef_search
+        if isinstance(index, faiss.IndexIVF):
+            index.nprobe = out.nprobe
         out._index = index
         out.ids = [str(x) for x in table.column("id").to_pylist()]
         out.texts = table.column("text").to_pylist()

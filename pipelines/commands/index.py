@@ -11,8 +11,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--model", required=True, help="SimBERT model directory")
     parser.add_argument("--corpus", required=True, help="rows {id?, text} or groups {texts: [...]}")
     parser.add_argument("--out", required=True, help="index directory to write (replaced atomically)")
-    parser.add_argument("--kind", default="auto", choices=["auto", "flat", "hnsw"],
-                        help="exact (flat), HNSW, or auto: HNSW from --hnsw-threshold vectors on")
+    parser.add_argument("--kind", default="auto", choices=["auto", "flat", "hnsw", "ivf"],
+                        help="exact (flat), HNSW, IVF (for large batched query loads), or auto: "
+                             "HNSW from --hnsw-threshold vectors on")
     parser.add_argument("--hnsw-threshold", type=int, default=50_000)
     parser.add_argument("--actors", type=int, default=1, help="embedding actors (one model copy each)")
     parser.add_argument("--max-length", type=int, default=64)

@@ -65,6 +65,29 @@ def test_bad_arguments():
         index.add(np.zeros((2, 5)), [1, 2], ["a", "b"])
     with pytest.raises(ValueError, match="differ in number"):
         index.add(np.ones((2, 8)), [1], ["a", "b"])
-    with pytest.raises(ValueError, match="unknown index kind 'ivf'"):
-        VectorIndex(8, "fp", kind="ivf")
+    with pytest.raises(ValueError, match="unknown index kind 'ivff'"):
+        VectorIndex(8, "fp", kind="ivff")
+    with pytest.raises(ValueError, match="needs at least 10 vectors"):
+        VectorIndex(8, "fp", kind="ivf", ivf_lists=10).add(np.ones((3, 8)), [1, 2, 3], ["a", "b", "c"])
     assert index.search(np.ones(8), 3) == [[]]
+
+
+def test_ivf_recall_persistence_and_incremental_add(tmp_path):
+    rng = np.random.default_rng(1)
+    centres = normalize(rng.standard_normal((200, 48)))
+    pick = rng.integers(0, 200, size=6200)
+    x = normalize(centres[pick] + 0.1 * rng.standard_normal((6200, 48)))
+    q = normalize(centres[rng.integers(0, 200, size=200)] + 0.1 * rng.standard_normal((200, 48)))
+    exact = VectorIndex(48, "fp", kind="flat")
+    exact.add(x, range(6200), ["t"] * 6200)
+    ivf = VectorIndex(48, "fp", kind="ivf", nprobe=8)
+    ivf.add(x[:6000], range(6000), ["t"] * 6000)                      # trained on the first batch
+    ivf.add(x[6000:], range(6000, 6200), ["t"] * 200)
+    assert ivf.resolved_kind == "ivf" and len(ivf) == 6200
+    truth, found = exact.search(q, 10), ivf.search(q, 10)
+    recall = np.mean([len({h.id for h in a} & {h.id for h in b}) / 10 for a, b in zip(found, truth)])
+    assert recall >= 0.98
+    ivf.save(tmp_path / "ivf")
+    loaded = VectorIndex.load(tmp_path / "ivf", expected_fingerprint="fp")
+    assert loaded.resolved_kind == "ivf" and loaded._index.nprobe == 8
+    assert [h.id for h in loaded.search(q[:5], 10)[0]] == [h.id for h in found[0]]
