@@ -25,6 +25,9 @@ COMMANDS: dict[str, str] = {
     "train": "pipelines.commands.train",
     "data": "pipelines.commands.data",
     "attribute": "pipelines.commands.attribute",
+    "quickstart": "pipelines.commands.quickstart",
+    "submit": "pipelines.commands.submit",
+    "jobs": "pipelines.commands.jobs",
 }
 
 

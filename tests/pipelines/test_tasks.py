@@ -93,3 +93,36 @@ def test_classify_encode_check_and_evaluate(tokenizer, make_model):
     assert metrics["accuracy"] == pytest.approx(sum(p == g for p, g in zip(pred, [1, 0, 1])) / 3)
     assert metrics["majority_accuracy"] == pytest.approx(2 / 3)
     assert json.dumps(metrics)
+
+
+def test_simbert_rows_pairs_and_losses(tokenizer, make_model):
+    from components.losses import in_batch_contrastive_loss, seq2seq_loss
+    task = get_task("simbert")()
+    assert task.check_row({"texts": ["今天天气", "天气如何"]}) is None
+    assert task.check_row({"text": "今天天气", "synonyms": ["天气如何"]}) is None
+    assert "at least two different" in task.check_row({"texts": ["天气", "天气"]})
+    assert "non-empty" in task.check_row({"texts": ["天气", ""]})
+    assert "missing field" in task.check_row({"sentences": ["a", "b"]})
+    groups = [["今天天气很好", "天气真好"], ["我想退款", "怎么退款", "如何退款"]]
+    rows = [task.encode({"texts": g}, tokenizer, 32) for g in groups]
+    batch = task.collate(rows, tokenizer, torch.Generator().manual_seed(0))
+    ids, seg = batch["input_ids"], batch["segment_ids"]
+    assert ids.shape[0] == 4                                   # (a, b) and (b, a) per group, adjacent
+    cls, sep = tokenizer.cls_id, tokenizer.sep_id
+    for g in range(2):
+        first, second = ids[2 * g][batch["attention_mask"][2 * g].bool()], ids[2 * g + 1][batch["attention_mask"][2 * g + 1].bool()]
+        a = first.tolist()[1:first.tolist().index(sep)]
+        b = first.tolist()[len(a) + 2:-1]
+        assert first.tolist() == [cls, *a, sep, *b, sep] and second.tolist() == [cls, *b, sep, *a, sep]
+        assert tokenizer.decode(a) in groups[g] and tokenizer.decode(b) in groups[g] and a != b
+        assert seg[2 * g][batch["attention_mask"][2 * g].bool()].tolist() == [0] * (len(a) + 2) + [1] * (len(b) + 1)
+    assert batch["single_group"].tolist() == [0, 0, 1, 1, 1]
+    model = make_model(pooler_activation="linear")
+    parts = task.loss_fn(model, batch, None)
+    out = model(ids, seg, batch["attention_mask"], mask_mode="unilm")
+    s2s = seq2seq_loss(out.logits, ids, seg, batch["attention_mask"])
+    con = in_batch_contrastive_loss(out.pooled, 30.0)
+    assert float(parts["seq2seq"]) == pytest.approx(float(s2s)) and float(parts["contrastive"]) == pytest.approx(float(con))
+    assert float(parts["loss"]) == pytest.approx(float(s2s + con))
+    metrics = task.evaluate(model, [batch], tokenizer)
+    assert {"seq2seq", "contrastive", "top1", "top5", "top1_chance"} <= set(metrics)

@@ -105,3 +105,31 @@ def test_cli_errors_are_one_line(args, message, tmp_path):
     assert proc.returncode == 2
     assert message in proc.stderr and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_simbert_trains_both_loss_parts_on_the_bundled_corpus(ray_session, tmp_path):
+    from importlib import resources
+
+    from components.simbert import SimBERT
+    source = resources.files("pipelines").joinpath("data/simbert_sample.jsonl").read_text(encoding="utf-8")
+    data = tmp_path / "groups.jsonl"
+    data.write_text("\n".join(source.splitlines()[:240]) + "\n", encoding="utf-8")
+    recipe = load_recipe(data={
+        "name": "s", "workdir": str(tmp_path),
+        "model": {"hidden_size": 48, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 96,
+                  "max_position_embeddings": 64, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0},
+        "data": {"train": [str(data)], "max_length": 48, "validation_fraction": 0.1},
+        "task": {"name": "simbert"},
+        "optim": {"lr": 3e-3, "batch_size": 16},
+        "schedule": {"max_steps": 30, "warmup_steps": 3, "log_every": 5, "epochs": 10},
+        "checkpoint": {"every_steps": 0}, "tracking": {"registered_model": "tiny-simbert"}})
+    result = run_training(recipe, progress=False)
+    steps = [h for h in result.history if "seq2seq" in h and "loss" in h]
+    assert len(steps) == 6
+    curves = {part: [h[part] for h in steps] for part in ("seq2seq", "contrastive")}
+    assert curves["seq2seq"][-1] < curves["seq2seq"][0] - 0.5, curves
+    assert curves["contrastive"][-1] < 0.8 * curves["contrastive"][0], curves
+    assert result.metrics["eval_top1"] > result.metrics["eval_top1_chance"]
+    sim = SimBERT.from_pretrained(result.model_dir)
+    assert sim.model.config.pooler_activation == "linear"
+    assert len(sim.similar("今天天气怎么样", n=8, k=3, decoding={"seed": 0})) <= 3

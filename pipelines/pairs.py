@@ -1,0 +1,112 @@
+"""Labelled sentence-pair files (LCQMC / BQ / AFQMC style: `text_a \\t text_b \\t label`).
+
+Two uses:
+- training groups for `simbert`: the positive pairs joined into groups of synonymous sentences
+  (connected components: a~b and b~c put a, b, c in one group);
+- threshold accuracy of a retrieval model: pick the cosine threshold that classifies the dev pairs
+  best, then report the accuracy of that threshold on the test pairs.
+
+    bert4ray data pairs --input lcqmc/train.tsv --out groups.jsonl
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+
+def read_pairs(path: str | Path) -> list[tuple[str, str, int]]:
+    """(text_a, text_b, label) rows; a malformed line is an error naming file and line.
+    A first line whose label is not 0/1 is taken as a header and skipped."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"pair file '{path}' does not exist")
+    rows = []
+    with open(path, encoding="utf-8") as fh:
+        for line_no, line in enumerate(fh, 1):
+            line = line.rstrip("\r\n")
+            if not line.strip():
+                continue
+            parts = line.split("\t")
+            if len(parts) != 3:
+                raise ValueError(f"{path}:{line_no}: expected 'text_a<TAB>text_b<TAB>label', "
+                                 f"got {len(parts)} field(s)")
+            a, b, label = (p.strip() for p in parts)
+            if label not in ("0", "1"):
+                if line_no == 1 and not rows:
+                    continue                       # header
+                raise ValueError(f"{path}:{line_no}: label must be 0 or 1, got '{label[:20]}'")
+            if not a or not b:
+                raise ValueError(f"{path}:{line_no}: empty sentence")
+            rows.append((a, b, int(label)))
+    if not rows:
+        raise ValueError(f"{path}: no pairs")
+    return rows
+
+
+def pairs_to_groups(pairs: list[tuple[str, str, int]]) -> list[list[str]]:
+    """Groups of synonymous sentences: connected components of the positive pairs, each in order of
+    first appearance; negative pairs are ignored."""
+    parent: dict[str, str] = {}
+
+    def find(x: str) -> str:
+        parent.setdefault(x, x)
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]                 # path halving
+            x = parent[x]
+        return x
+
+    order: list[str] = []
+    for a, b, label in pairs:
+        if label != 1 or a == b:
+            continue
+        for s in (a, b):
+            if s not in parent:
+                order.append(s)
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            parent[rb] = ra
+    groups: dict[str, list[str]] = {}
+    for s in order:
+        groups.setdefault(find(s), []).append(s)
+    return list(groups.values())
+
+
+def write_groups(pair_file: str | Path, out: str | Path) -> tuple[Path, int]:
+    """Convert a pair file into `{"texts": [...]}` JSON Lines (atomically); returns (path, groups)."""
+    groups = pairs_to_groups(read_pairs(pair_file))
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        for g in groups:
+            fh.write(json.dumps({"texts": g}, ensure_ascii=False) + "\n")
+    tmp.replace(out)
+    return out, len(groups)
+
+
+def best_threshold(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """The threshold t maximising the accuracy of `score >= t` on (scores, labels), and that
+    accuracy. Candidates are midpoints between consecutive sorted scores (and both ends)."""
+    scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels).astype(bool)
+    if len(scores) == 0:
+        raise ValueError("no pairs to choose a threshold on")
+    order = np.argsort(scores)
+    s, y = scores[order], labels[order]
+    # Predicting positive from index i on: correct = negatives before i + positives from i on.
+    neg_before = np.concatenate([[0], np.cumsum(~y)])
+    pos_from = np.concatenate([np.cumsum(y[::-1])[::-1], [0]])
+    correct = neg_before + pos_from                                   # (n + 1,)
+    cuts = np.concatenate([[s[0] - 1.0], (s[:-1] + s[1:]) / 2, [s[-1] + 1.0]])
+    best = int(np.argmax(correct))
+    return float(cuts[best]), float(correct[best] / len(s))
+
+
+def threshold_accuracy(dev_scores, dev_labels, test_scores, test_labels) -> dict[str, float]:
+    """Accuracy on the test pairs of the threshold chosen on the dev pairs."""
+    threshold, dev_acc = best_threshold(dev_scores, dev_labels)
+    test = np.asarray(test_scores) >= threshold
+    acc = float((test == np.asarray(test_labels).astype(bool)).mean())
+    return {"threshold": threshold, "dev_accuracy": dev_acc, "test_accuracy": acc}
