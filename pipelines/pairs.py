@@ -87,6 +87,19 @@ def write_groups(pair_file: str | Path, out: str | Path) -> tuple[Path, int]:
     return out, len(groups)
 
 
+def pairs_from_groups(groups: list[list[str]], seed: int = 0) -> list[tuple[str, str, int]]:
+    """Labelled pairs from groups: every within-group pair (label 1) and as many pairs of sentences
+    from two different groups (label 0), drawn with a fixed seed."""
+    import random
+    rng = random.Random(seed)
+    positives = [(a, b, 1) for g in groups for i, a in enumerate(g) for b in g[i + 1:]]
+    negatives = []
+    while len(groups) > 1 and len(negatives) < len(positives):
+        g, h = rng.sample(range(len(groups)), 2)
+        negatives.append((rng.choice(groups[g]), rng.choice(groups[h]), 0))
+    return positives + negatives
+
+
 def best_threshold(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
     """The threshold t maximising the accuracy of `score >= t` on (scores, labels), and that
     accuracy. Candidates are midpoints between consecutive sorted scores (and both ends)."""

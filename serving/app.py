@@ -5,7 +5,7 @@
     serve run serving/config.yaml                               # the shipped Serve config (also `serve deploy`)
     bert4ray serve --model DIR --index DIR                      # the same, with clean start and stop
 
-`model` and `chat_model` accept a model directory or an MLflow model URI
+`model`, `chat_model` and `attribution_model` accept a model directory or an MLflow model URI
 (`models:/name/1`, `models:/name@alias`, `runs:/<id>/model`).
 """
 
@@ -16,7 +16,7 @@ import os
 from pydantic import BaseModel, ConfigDict, Field
 from ray.serve import Application
 
-from serving.deployments import ChatDeployment, GeneratorDeployment, RetrieverDeployment
+from serving.deployments import AttributorDeployment, ChatDeployment, GeneratorDeployment, RetrieverDeployment
 from serving.ingress import Ingress
 from serving.schemas import Limits
 
@@ -48,6 +48,8 @@ class AppArgs(BaseModel):
     """Index directory built by `bert4ray index` with the same model."""
     chat_model: str | None = None
     """Dialogue LM for /v1/chat/completions."""
+    attribution_model: str | None = None
+    """Classifier (classify task) for /v1/attribute."""
     max_length: int = Field(64, ge=8, le=512)
     limits: Limits = Field(default_factory=Limits)
     batching: Batching = Field(default_factory=Batching)
@@ -68,8 +70,8 @@ def _options(scaling: Scaling) -> dict:
 
 def build_app(args: dict | AppArgs) -> Application:
     args = args if isinstance(args, AppArgs) else AppArgs(**args)
-    if not (args.model or args.chat_model):
-        raise ValueError("nothing to serve: give model (SimBERT) and/or chat_model")
+    if not (args.model or args.chat_model or args.attribution_model):
+        raise ValueError("nothing to serve: give model (SimBERT), chat_model and/or attribution_model")
     if args.index and not args.model:
         raise ValueError("an index needs the model that built it: give model as well")
     opts = _options(args.scaling)
@@ -81,6 +83,8 @@ def build_app(args: dict | AppArgs) -> Application:
         bound["generator"] = GeneratorDeployment.options(**opts).bind(args.model, batching, args.max_length)
     if args.chat_model:
         bound["chat"] = ChatDeployment.options(**opts).bind(args.chat_model)
+    if args.attribution_model:
+        bound["attributor"] = AttributorDeployment.options(**opts).bind(args.attribution_model, batching)
     # The key travels from the environment of the process that builds the app (serve run,
     # bert4ray serve) to the ingress replicas, never through a config file.
     env = {args.api_key_env: os.environ[args.api_key_env]} if os.environ.get(args.api_key_env) else {}
@@ -95,8 +99,9 @@ def _env_args() -> dict:
     index = os.environ.get("BERT4RAY_INDEX", os.path.join(root, "index"))
     if index and os.path.isdir(index):
         args["index"] = index
-    if os.environ.get("BERT4RAY_CHAT_MODEL"):
-        args["chat_model"] = os.environ["BERT4RAY_CHAT_MODEL"]
+    for key in ("chat_model", "attribution_model"):
+        if os.environ.get(f"BERT4RAY_{key.upper()}"):
+            args[key] = os.environ[f"BERT4RAY_{key.upper()}"]
     return args
 
 

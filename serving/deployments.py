@@ -83,3 +83,44 @@ class ChatDeployment:
     def stream(self, request: dict):
         """Yields text deltas, then a final dict with the finish reason (a streaming handle call)."""
         yield from self.bot.stream(request)
+
+
+@serve.deployment(name="attributor", **_SHUTDOWN)
+class AttributorDeployment:
+    """Integrated Gradients. Requests with the same options are attributed together: texts of equal
+    length share forward/backward passes (components.attribution never pads)."""
+
+    def __init__(self, model: str, batching: dict):
+        from components.attribution import Attributor
+        from components.weights import model_fingerprint
+
+        model_dir = resolve_model(model)
+        self.attributor = Attributor.from_pretrained(model_dir)
+        self.name, self.fingerprint = model_dir.name, model_fingerprint(model_dir)
+        _configure_batching(self._attribute, batching)
+
+    def info(self) -> dict:
+        return {"id": self.name, "fingerprint": self.fingerprint, "kind": "classifier",
+                "labels": self.attributor.labels}
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
+    async def _attribute(self, items: list[dict]) -> list[dict]:
+        out: list[dict | None] = [None] * len(items)
+        groups: dict[str, list[int]] = {}
+        for i, item in enumerate(items):
+            groups.setdefault(repr(sorted((k, v) for k, v in item.items() if k != "text")), []).append(i)
+        for rows in groups.values():
+            o = items[rows[0]]
+            try:
+                results = self.attributor.attribute_batch(
+                    [items[i]["text"] for i in rows], target=o["target"], n_steps=o["steps"], rule=o["rule"],
+                    quantity=o["quantity"], baseline=o["baseline"])
+                for i, r in zip(rows, results):
+                    out[i] = r.to_dict()
+            except ValueError as exc:               # e.g. an unknown target label: the client's mistake
+                for i in rows:
+                    out[i] = {"error": str(exc)}
+        return out
+
+    async def attribute(self, item: dict) -> dict:
+        return await self._attribute(item)

@@ -9,12 +9,15 @@ import time
 import uuid
 from importlib import resources
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, StreamingResponse
 from ray import serve
+from ray.exceptions import RayActorError
 
 from serving.errors import ApiError, GuardMiddleware, install_error_handlers
 from serving.schemas import (
+    AttributeRequest,
+    AttributeResponse,
     ChatRequest,
     EmbeddingsRequest,
     EmbeddingsResponse,
@@ -62,10 +65,11 @@ async def _await(response):
 @serve.ingress(api)
 class Ingress:
     def __init__(self, limits: dict | None = None, api_key_env: str = "BERT4RAY_API_KEY", retriever=None,
-                 generator=None, chat=None, extra: dict | None = None):
+                 generator=None, chat=None, attributor=None, extra: dict | None = None):
         self.limits = Limits(**(limits or {}))
         _Settings.limits, _Settings.api_key_env = self.limits, api_key_env
-        self.handles = {"retriever": retriever, "generator": generator, "chat": chat, **(extra or {})}
+        self.handles = {"retriever": retriever, "generator": generator, "chat": chat, "attributor": attributor,
+                        **(extra or {})}
 
     # --- helpers ----------------------------------------------------------------------------
     def _handle(self, name: str, what: str):
@@ -80,6 +84,11 @@ class Ingress:
         except TimeoutError:
             response.cancel()
             raise ApiError(504, "timeout", f"request took longer than {self.limits.timeout_s:g} s") from None
+        except RayActorError:
+            # The replica died with the request on it (Serve starts a replacement): tell the client
+            # to retry, in the usual error body, rather than a bare 500.
+            raise ApiError(503, "unavailable", "the model replica handling this request stopped; "
+                                               "retry shortly") from None
 
     def _text(self, field: str, text: str) -> None:
         _limit(len(text) <= self.limits.max_text_chars,
@@ -141,6 +150,23 @@ class Ingress:
         return {"object": "list", "model": info["id"],
                 "data": [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)],
                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+
+    @api.post("/v1/attribute", response_model=AttributeResponse,
+              responses={200: {"content": {"text/html": {}}, "description": "JSON, or the heat map for Accept: text/html"}})
+    async def attribute(self, req: AttributeRequest, request: Request):
+        self._text("text", req.text)
+        _limit(req.steps <= self.limits.max_steps, f"steps={req.steps} exceeds the limit of {self.limits.max_steps}")
+        handle = self._handle("attributor", "attribution")
+        out = await self._call(handle.attribute.remote(req.model_dump()))
+        if "error" in out:
+            raise ApiError(422, "invalid_request", out["error"])
+        accept = request.headers.get("accept", "")
+        if "text/html" in accept and "application/json" not in accept:
+            from components.attribution import Attribution
+            from components.attribution_html import render_html
+            return HTMLResponse(render_html(Attribution(**out)))
+        return {"label": out["label"], "prob": out["prob"], "target": out["target_label"], "tokens": out["tokens"],
+                "scores": out["scores"], "norms": out["norms"], "delta": out["delta"]}
 
     @api.post("/v1/chat/completions")
     async def chat_completions(self, req: ChatRequest):

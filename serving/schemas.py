@@ -126,6 +126,29 @@ class ChatRequest(Strict):
     n: int = Field(1, ge=1, le=1)
 
 
+class AttributeRequest(Strict):
+    """Integrated Gradients of a classifier's decision for one text."""
+    text: str = Field(min_length=1)
+    target: int | str | None = None
+    """Class id or label name to explain (default: the predicted class)."""
+    steps: int = Field(50, ge=1)
+    rule: Literal["gausslegendre", "riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid"] = \
+        "gausslegendre"
+    quantity: Literal["prob", "logit"] = "prob"
+    baseline: Literal["pad", "zero"] = "pad"
+    _check = field_validator("text")(nonempty)
+
+
+class AttributeResponse(BaseModel):
+    label: str
+    prob: float
+    target: str
+    tokens: list[str]
+    scores: list[float]
+    norms: list[float]
+    delta: float
+
+
 class ErrorBody(BaseModel):
     code: str
     message: str

@@ -42,19 +42,33 @@ def split_corpus(workdir: Path) -> tuple[Path, Path, Path, list[list[str]]]:
 
 
 def evaluate(model_dir: Path, heldout: list[list[str]]) -> dict:
-    """Retrieval top-1/top-5 among all held-out sentences; BLEU of generated paraphrases of each
-    group's first sentence against the group's other sentences (sacrebleu, Chinese tokenization);
-    copy rate = share of generations identical to their input."""
+    """Retrieval top-1/top-5 among all held-out sentences; threshold accuracy on labelled pairs of
+    held-out sentences (threshold chosen on the pairs of the first half of the groups, accuracy on
+    the second half); BLEU of generated paraphrases of each group's first sentence against the
+    group's other sentences (sacrebleu, Chinese tokenization); copy rate = share of generations
+    identical to their input."""
+    import numpy as np
     import sacrebleu
     import torch
 
     from components.simbert import SimBERT
+    from pipelines.pairs import pairs_from_groups, threshold_accuracy
     from pipelines.tasks.simbert import retrieval_accuracy
 
     sim = SimBERT.from_pretrained(model_dir)
     texts = [t for g in heldout for t in g]
     groups = torch.tensor([i for i, g in enumerate(heldout) for _ in g])
-    metrics = retrieval_accuracy(torch.from_numpy(sim.encode(texts)), groups)
+    vectors = sim.encode(texts)
+    metrics = retrieval_accuracy(torch.from_numpy(vectors), groups)
+    row = {t: i for i, t in enumerate(texts)}
+    half = len(heldout) // 2
+    scored = []
+    for part in (heldout[:half], heldout[half:]):
+        pairs = pairs_from_groups(part, seed=0)
+        scored.append((np.array([float(vectors[row[a]] @ vectors[row[b]]) for a, b, _ in pairs]),
+                       np.array([y for _, _, y in pairs])))
+    pair_metrics = threshold_accuracy(*scored[0], *scored[1])
+    metrics.update(pair_threshold=pair_metrics["threshold"], pair_accuracy=pair_metrics["test_accuracy"])
     sources = [g[0] for g in heldout]
     best = sim.similar_many(sources, n=8, k=1, decoding={"strategy": "sample", "top_k": 5, "seed": 0},
                             keep_input=True)
@@ -95,7 +109,8 @@ def run(args) -> int:
     console.rule("[bold]3/3 held-out evaluation and samples")
     metrics = evaluate(result.model_dir, heldout)
     console.print(f"held-out groups: {len(heldout)}  retrieval top-1 {metrics['top1']:.3f} "
-                  f"(chance {metrics['top1_chance']:.3f}), top-5 {metrics['top5']:.3f}; "
+                  f"(chance {metrics['top1_chance']:.3f}), top-5 {metrics['top5']:.3f}; pair accuracy "
+                  f"{metrics['pair_accuracy']:.3f} at cosine >= {metrics['pair_threshold']:.2f}; "
                   f"paraphrase BLEU {metrics['bleu']:.1f}, copies {metrics['copy_rate']:.0%}")
     from components.simbert import SimBERT
     sim = SimBERT.from_pretrained(result.model_dir)
@@ -131,6 +146,6 @@ def run(args) -> int:
 
         from pipelines.commands.serve import run_foreground, serving_command
         ns = SimpleNamespace(config=None, model=str(result.model_dir), index=str(workdir / "index"),
-                             chat_model=None, host="127.0.0.1", port=args.port, address=None)
+                             chat_model=None, attribution_model=None, host="127.0.0.1", port=args.port, address=None)
         return run_foreground(serving_command(ns))
     return 0

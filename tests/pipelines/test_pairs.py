@@ -70,3 +70,15 @@ def test_data_pairs_command(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "pipelines", "data", "pairs", "--out", str(out)],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "needs --input" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_pairs_from_groups_balance_positives_and_negatives():
+    from pipelines.pairs import pairs_from_groups
+    groups = [["a1", "a2", "a3"], ["b1", "b2"], ["c1", "c2"]]
+    pairs = pairs_from_groups(groups, seed=0)
+    pos = [p for p in pairs if p[2] == 1]
+    neg = [p for p in pairs if p[2] == 0]
+    assert len(pos) == 5 and len(neg) == 5
+    member = {s: i for i, g in enumerate(groups) for s in g}
+    assert all(member[a] == member[b] for a, b, _ in pos) and all(member[a] != member[b] for a, b, _ in neg)
+    assert pairs == pairs_from_groups(groups, seed=0)
