@@ -106,6 +106,15 @@ class Tracker:
             if clean:
                 mlflow.log_metrics(clean, step=step)
 
+    def log_text_artifacts(self, files: dict[str, str], metrics: dict | None = None) -> None:
+        """Small text artifacts (e.g. attributions.html) at the run's root, plus their metrics."""
+        if not (self.enabled and self.run_id):
+            return
+        for name, text in files.items():
+            mlflow.log_text(text, name)
+        if metrics:
+            mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
+
     def finish_success(self, model_dir: Path, metrics: dict, report) -> None:
         if not (self.enabled and self.run_id):
             return

@@ -235,6 +235,11 @@ def run_training(recipe: Recipe, output: str | Path | None = None, resume: bool 
             if not src.is_dir():
                 raise RuntimeError(f"the final checkpoint {result.checkpoint.path} holds no exported model")
             shutil.copytree(src, tmp, dirs_exist_ok=True)
+        if task.report_rows and report.validation:
+            rows = [json.loads(r["record"]) for r in val_ds.take(task.report_rows)]
+            extra, files = task.export_report(target, rows)
+            metrics.update(extra)
+            tracker.log_text_artifacts(files, extra)
         tracker.finish_success(target, metrics, report)
     except BaseException as exc:
         tracker.finish_failed(exc)

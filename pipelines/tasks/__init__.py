@@ -78,6 +78,15 @@ class Task:
     def count_tokens(self, batch: dict) -> int:
         return int(batch["attention_mask"].sum())
 
+    # --- driver side, after the export ----------------------------------------------------------
+    report_rows: ClassVar[int] = 0
+    """How many validation rows `export_report` wants (0 = no report)."""
+
+    def export_report(self, model_dir, rows: list[dict]) -> tuple[dict[str, float], dict[str, str]]:
+        """(metrics, {artifact file name: text}) computed on the exported model from a sample of
+        validation rows; logged to the run."""
+        return {}, {}
+
 
 def register(cls: type[Task]) -> type[Task]:
     if not cls.name:

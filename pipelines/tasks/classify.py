@@ -40,6 +40,26 @@ class ClassifyTask(Task):
         label_field: str = "label"
         labels: list[str] = field(default_factory=list)
         """Class names in id order; empty = the sorted distinct labels found in the data."""
+        attribution_samples: int = 16
+        """Validation texts explained by Integrated Gradients after training (attributions.html in
+        the MLflow run); 0 = none."""
+
+    @property
+    def report_rows(self) -> int:
+        return self.options.attribution_samples if not self.options.pair_field else 0
+
+    def export_report(self, model_dir, rows: list[dict]) -> tuple[dict[str, float], dict[str, str]]:
+        """Integrated Gradients (50 Gauss-Legendre steps, [PAD] baseline, predicted class) of the
+        first validation texts: the heat-map page and the spread of the completeness deltas."""
+        if not rows:
+            return {}, {}
+        from components.attribution import Attributor
+        from components.attribution_html import render_html
+        results = Attributor.from_pretrained(model_dir).attribute_batch(
+            [r[self.options.text_field] for r in rows], n_steps=50, max_length=128)
+        deltas = sorted(r.delta for r in results)
+        metrics = {"attribution_delta_max": deltas[-1], "attribution_delta_median": deltas[len(deltas) // 2]}
+        return metrics, {"attributions.html": render_html(results, title="Validation attributions")}
 
     def check_row(self, row: dict) -> str | None:
         o = self.options

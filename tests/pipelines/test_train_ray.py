@@ -133,3 +133,31 @@ def test_simbert_trains_both_loss_parts_on_the_bundled_corpus(ray_session, tmp_p
     sim = SimBERT.from_pretrained(result.model_dir)
     assert sim.model.config.pooler_activation == "linear"
     assert len(sim.similar("今天天气怎么样", n=8, k=3, decoding={"seed": 0})) <= 3
+
+
+def test_classify_beats_the_majority_class_and_logs_attributions(ray_session, tmp_path):
+    import random
+
+    import mlflow
+
+    from pipelines.corpora import sentiment_rows
+    rows = sentiment_rows()
+    random.Random(0).shuffle(rows)
+    data = tmp_path / "reviews.jsonl"
+    data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows[:3000]), encoding="utf-8")
+    recipe = load_recipe(data={
+        "name": "c", "workdir": str(tmp_path),
+        "model": {"hidden_size": 48, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 96,
+                  "max_position_embeddings": 96, "vocab_max_size": 2500},
+        "data": {"train": [str(data)], "max_length": 64, "validation_fraction": 0.1},
+        "task": {"name": "classify", "labels": ["neg", "pos"], "attribution_samples": 8},
+        "optim": {"lr": 2e-3, "batch_size": 32},
+        "schedule": {"max_steps": 60, "warmup_steps": 5, "log_every": 10},
+        "checkpoint": {"every_steps": 0}, "tracking": {"registered_model": "tiny-classify"}})
+    result = run_training(recipe, progress=False)
+    m = result.metrics
+    assert m["eval_accuracy"] > m["eval_majority_accuracy"] + 0.1, m
+    assert m["attribution_delta_max"] < 1e-2, m
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    page = mlflow.artifacts.load_text(f"runs:/{result.mlflow_run_id}/attributions.html")
+    assert page.count('<section class="item">') == 8
