@@ -97,7 +97,7 @@ def _vocabulary(recipe: Recipe, train_ds, task) -> str:
     return path.read_text(encoding="utf-8")
 
 
-def _model_config(recipe: Recipe, vocab_size: int, task) -> ModelConfig:
+def _model_config(recipe: Recipe, vocab_size: int, task, sep_id: int | None = None) -> ModelConfig:
     m = recipe.model
     if m.init_from:
         cfg = ModelConfig.load(m.init_from)
@@ -109,6 +109,8 @@ def _model_config(recipe: Recipe, vocab_size: int, task) -> ModelConfig:
             "max_position_embeddings", "hidden_dropout_prob", "attention_probs_dropout_prob", "hidden_act")}
         changes["attention"] = m.attention or "softmax"
     changes.update(task.model_overrides())
+    if changes.get("termination", cfg.termination) != "none" and cfg.eos_token_id is None:
+        changes.setdefault("eos_token_id", sep_id)      # a self-terminating head ends generation at [SEP]
     cfg = dataclasses.replace(cfg, **changes)
     if cfg.vocab_size < vocab_size:
         raise ValueError(f"vocabulary has {vocab_size} tokens but the model only {cfg.vocab_size}")
@@ -162,7 +164,9 @@ def run_training(recipe: Recipe, output: str | Path | None = None, resume: bool 
         task.prepare(train_ds)
         vocab_text = _vocabulary(recipe, train_ds, task)
         (run_dir / "vocab.txt").write_text(vocab_text, encoding="utf-8")
-        model_cfg = _model_config(recipe, len(vocab_text.splitlines()), task)
+        vocab_tokens = vocab_text.splitlines()
+        model_cfg = _model_config(recipe, len(vocab_tokens), task,
+                                  sep_id=vocab_tokens.index("[SEP]") if "[SEP]" in vocab_tokens else None)
         world = recipe.scaling.num_workers
         per_step = world * recipe.optim.batch_size * recipe.optim.grad_accum
         steps_per_epoch = report.train // per_step
@@ -182,7 +186,8 @@ def run_training(recipe: Recipe, output: str | Path | None = None, resume: bool 
         queue = Queue(maxsize=10_000)
         loop_config = {"recipe": recipe, "task": task, "model_config": dataclasses.asdict(model_cfg),
                        "vocab_text": vocab_text, "steps_per_epoch": steps_per_epoch, "total_steps": total,
-                       "progress": queue, "metadata": {"run_id": run_id, "labels": task.meta.get("labels")}}
+                       "progress": queue, "metadata": {"run_id": run_id, "labels": task.meta.get("labels")},
+                       "has_validation": "validation" in datasets}
         s = recipe.scaling
         trainer = TorchTrainer(
             train_loop, train_loop_config=loop_config, datasets=datasets,

@@ -88,7 +88,10 @@ def test_resume_continues_to_the_same_loss(ray_session, corpus, tmp_path):
 
 
 def test_linear_attention_trains(ray_session, corpus, tmp_path):
-    result = run_training(tiny(corpus, tmp_path, "model.attention=linear"), progress=False)
+    # Also: a run with no validation split at all trains and exports.
+    result = run_training(tiny(corpus, tmp_path, "model.attention=linear", "data.validation_fraction=0.0"),
+                          progress=False)
+    assert result.data_report.validation == 0 and not any(k.startswith("eval_") for k in result.metrics)
     curve = losses(result)
     assert curve[-1] < curve[0] - 0.3, curve
     assert json.loads((result.model_dir / "bert4ray.json").read_text())["model"]["attention"] == "linear"
