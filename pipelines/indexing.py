@@ -79,7 +79,7 @@ class Embedder:
 
 def build_index(model_dir: str | Path, corpus: str | Path, out_dir: str | Path, kind: str = "auto",
                 hnsw_threshold: int = 50_000, actors: int = 1, batch_size: int = 256,
-                max_length: int = 64) -> VectorIndex:
+                max_length: int = 64, ef_search: int = 256, nprobe: int = 16) -> VectorIndex:
     import ray
     from ray.data import ActorPoolStrategy
 
@@ -96,7 +96,8 @@ def build_index(model_dir: str | Path, corpus: str | Path, out_dir: str | Path, 
         texts += [str(x) for x in batch["text"]]
         vectors.append(np.asarray(batch["vector"], dtype=np.float32))
     matrix = np.concatenate(vectors)
-    index = VectorIndex(matrix.shape[1], model_fingerprint(model_dir), kind=kind, hnsw_threshold=hnsw_threshold)
+    index = VectorIndex(matrix.shape[1], model_fingerprint(model_dir), kind=kind, hnsw_threshold=hnsw_threshold,
+                        ef_search=ef_search, nprobe=nprobe)
     index.add(matrix, ids, texts)
     index.save(out_dir)
     return index

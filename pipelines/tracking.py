@@ -62,13 +62,19 @@ class Tracker:
         if not self.enabled:
             return
         workdir.mkdir(parents=True, exist_ok=True)
+        explicit = os.environ.get("MLFLOW_TRACKING_URI")
         mlflow.set_tracking_uri(tracking_uri(workdir))
+        if explicit is None:
+            # set_tracking_uri also exports MLFLOW_TRACKING_URI: left there, the next run in this
+            # process (another workdir) would log into this one's database.
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
         # Created here, in one process, before any worker or trial could race to create it.
         name = recipe.tracking.experiment
         experiment = mlflow.get_experiment_by_name(name)
         if experiment is None:
-            location = None if os.environ.get("MLFLOW_TRACKING_URI") else \
-                (workdir / "mlartifacts").resolve().as_uri()
+            # A server names its own artifact store; a local database keeps artifacts beside it
+            # (MLflow's default, ./mlruns of the current directory, is a temporary copy in a Ray job).
+            location = None if explicit else (workdir / "mlartifacts").resolve().as_uri()
             self.experiment_id = mlflow.create_experiment(name, artifact_location=location)
         else:
             self.experiment_id = experiment.experiment_id

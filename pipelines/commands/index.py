@@ -15,6 +15,9 @@ def add_arguments(parser) -> None:
                         help="exact (flat), HNSW, IVF (for large batched query loads), or auto: "
                              "HNSW from --hnsw-threshold vectors on")
     parser.add_argument("--hnsw-threshold", type=int, default=50_000)
+    parser.add_argument("--ef-search", type=int, default=256,
+                        help="HNSW candidates per query: higher = better recall, fewer queries/s")
+    parser.add_argument("--nprobe", type=int, default=16, help="IVF cells searched per query")
     parser.add_argument("--actors", type=int, default=1, help="embedding actors (one model copy each)")
     parser.add_argument("--max-length", type=int, default=64)
 
@@ -27,7 +30,8 @@ def run(args) -> int:
     init_ray()
     t0 = time.perf_counter()
     index = build_index(args.model, args.corpus, args.out, kind=args.kind, hnsw_threshold=args.hnsw_threshold,
-                        actors=args.actors, max_length=args.max_length)
+                        actors=args.actors, max_length=args.max_length, ef_search=args.ef_search,
+                        nprobe=args.nprobe)
     print(f"indexed {len(index)} texts ({index.resolved_kind}, dim {index.dim}) in "
           f"{time.perf_counter() - t0:.1f} s -> {args.out}")
     return 0

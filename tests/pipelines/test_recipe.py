@@ -22,7 +22,7 @@ def test_task_options_follow_the_task():
     r = load_recipe(data={**BASE, "task": {"name": "classify", "labels": ["a", "b"]}})
     assert r.task.name == "classify" and r.task.options.labels == ["a", "b"]
     assert to_dict(r)["task"] == {"name": "classify", "text_field": "text", "pair_field": None,
-                                  "label_field": "label", "labels": ["a", "b"]}
+                                  "label_field": "label", "labels": ["a", "b"], "attribution_samples": 16}
     assert flatten(to_dict(r))["task.labels"] == ["a", "b"]
 
 
@@ -61,3 +61,28 @@ def test_bad_files(tmp_path):
         load_recipe(bad, ["data.train=a.jsonl", "optim.lr.x=1"])
     with pytest.raises(RecipeError, match="data.train"):
         load_recipe(data={"data": {"source": "files"}})
+
+
+def test_recipe_from_environment_variable(monkeypatch, tmp_path):
+    """`env:NAME` reads the YAML text from a variable (how `bert4ray submit` ships a recipe to a job);
+    a dumped recipe loads back equal, and the errors name the variable."""
+    from pipelines.recipe import dump_recipe
+
+    original = load_recipe(data={**BASE, "task": {"name": "classify", "labels": ["a", "b"]},
+                                 "regularizers": {"noise_std": 0.01}}, overrides=["optim.lr=2e-3"])
+    dump_recipe(original, tmp_path / "r.yaml")
+    monkeypatch.setenv("B4R_TEST_RECIPE", (tmp_path / "r.yaml").read_text(encoding="utf-8"))
+    loaded = load_recipe("env:B4R_TEST_RECIPE", ["optim.batch_size=8"])
+    assert to_dict(loaded) == {**to_dict(original), "optim": {**to_dict(original)["optim"], "batch_size": 8}}
+
+    monkeypatch.delenv("B4R_TEST_RECIPE")
+    with pytest.raises(RecipeError, match="recipe environment variable 'B4R_TEST_RECIPE' is not set"):
+        load_recipe("env:B4R_TEST_RECIPE")
+    with pytest.raises(RecipeError, match="names no environment variable"):
+        load_recipe("env:")
+    monkeypatch.setenv("B4R_TEST_RECIPE", "optim: [1, 2\n")
+    with pytest.raises(RecipeError, match=r"recipe in \$B4R_TEST_RECIPE: not valid YAML"):
+        load_recipe("env:B4R_TEST_RECIPE")
+    monkeypatch.setenv("B4R_TEST_RECIPE", "optim:\n  lrr: 1\n")
+    with pytest.raises(RecipeError, match="did you mean 'optim.lr'"):
+        load_recipe("env:B4R_TEST_RECIPE")
