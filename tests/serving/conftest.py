@@ -69,7 +69,7 @@ def app_url(serve_instance, simbert_dir, index_dir, chat_model_dir):  # noqa: D4
 
     from serving.app import AppArgs, build_app
     args = AppArgs(model=str(simbert_dir), index=str(index_dir), chat_model=str(chat_model_dir),
-                   limits={"max_text_chars": 64, "max_n": 16, "max_k": 20, "max_new_tokens": 24,
+                   limits={"max_text_chars": 64, "max_n": 32, "max_k": 20, "max_new_tokens": 24,
                            "max_body_bytes": 4096, "max_turns": 6, "timeout_s": 20},
                    scaling={"num_replicas": 1, "num_cpus": 0.5})
     serve.run(build_app(args), name="bert4ray", route_prefix="/", blocking=False)

@@ -1,0 +1,246 @@
+"""Serve throughput and latency with dynamic batching on vs off, in one run: a bounded load
+generator on loopback at several concurrencies against /v1/similar and /v1/search.
+
+    .venv/bin/python benchmarks/bench_serve.py
+    .venv/bin/python benchmarks/bench_serve.py --untrained-size 256x4     # more compute per request
+    .venv/bin/python benchmarks/bench_serve.py --model DIR --index DIR --concurrency 1,8,32 --per-client 16
+
+Starts a local Ray and Serve on 127.0.0.1 (a free port) with two copies of the application side by
+side: "on" (route prefix /on, `batching.enabled: true`) and "off" (/off, `batching.enabled:
+false`), same model, index, replicas and limits. Without --model it trains a tiny SimBERT (the
+tests' recipe, a few seconds) and indexes its corpus. For every route and concurrency the two are
+measured back to back (warm-up first), alternating for --rounds rounds, and the best round of each
+is kept, so that load from other jobs on the machine hits both alike. Every cell
+is bounded: at most max(--min-requests, --per-client × concurrency) requests and --cell-timeout
+seconds. Goal: batching on ≥ 3× the throughput of batching off at concurrency 32.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import httpx  # noqa: E402
+import numpy as np  # noqa: E402
+
+from tests.tiny_training import GROUPS  # noqa: E402
+
+GOAL = 3.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def untrained_simbert(out_dir: Path, vocab: Path, size: str) -> Path:
+    """A randomly initialised SimBERT-shaped model, HIDDENxLAYERS (heads of 64, FFN 4 × hidden):
+    the per-request compute of a larger model, for throughput only (its outputs mean nothing)."""
+    import torch
+
+    from components.config import ModelConfig
+    from components.model import Transformer
+    from components.tokenizer import Tokenizer
+
+    hidden, layers = (int(x) for x in size.lower().split("x"))
+    tok = Tokenizer(vocab)
+    cfg = ModelConfig(vocab_size=tok.vocab_size, hidden_size=hidden, num_hidden_layers=layers,
+                      num_attention_heads=max(1, hidden // 64), intermediate_size=4 * hidden,
+                      max_position_embeddings=128, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+                      pooler_activation="linear", eos_token_id=tok.sep_id)
+    torch.manual_seed(0)
+    Transformer(cfg).eval().save_pretrained(out_dir, metadata={"vocab_file": str(vocab), "task": "simbert"})
+    return out_dir
+
+
+def prepare_model(workdir: Path, steps: int, size: str | None) -> tuple[Path, Path]:
+    """A tiny trained SimBERT (as the serving tests build it), or an untrained one of `size`, and an
+    index of the tests' corpus."""
+    from components.index import VectorIndex
+    from components.simbert import SimBERT
+    from components.weights import model_fingerprint
+    from tests.conftest import make_vocab
+    from tests.tiny_training import train_tiny_simbert
+
+    vocab = make_vocab(workdir / "vocab.txt")
+    model_dir = untrained_simbert(workdir / "model", vocab, size) if size else \
+        train_tiny_simbert(workdir / "model", vocab, steps=steps)
+    sim = SimBERT.from_pretrained(model_dir)
+    texts = [t for g in GROUPS for t in g]
+    index = VectorIndex(sim.model.config.hidden_size, model_fingerprint(model_dir))
+    index.add(sim.encode(texts), [f"g{i // 3}-{i % 3}" for i in range(len(texts))], texts)
+    index.save(workdir / "index")
+    return model_dir, workdir / "index"
+
+
+def bodies(route: str, n: int, k: int, max_new_tokens: int):
+    texts = [t for g in GROUPS for t in g]
+    if route == "/v1/search":
+        return lambda i: {"query": texts[i % len(texts)], "k": k}
+    return lambda i: {"text": texts[i % len(texts)], "n": n, "k": k, "decoding": {"max_new_tokens": max_new_tokens}}
+
+
+async def run_cell(base: str, route: str, make_body, concurrency: int, total: int, timeout_s: float) -> dict:
+    """`concurrency` clients, each sending its next request as soon as the previous one answers,
+    until `total` requests were sent or `timeout_s` passed."""
+    latencies: list[float] = []
+    errors = 0
+    sent = 0
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=base, timeout=60, limits=limits) as client:
+        deadline = time.perf_counter() + timeout_s
+
+        async def client_loop():
+            nonlocal sent, errors
+            while sent < total and time.perf_counter() < deadline:
+                i = sent
+                sent += 1
+                t0 = time.perf_counter()
+                try:
+                    r = await (client.get(route) if make_body is None else client.post(route, json=make_body(i)))
+                    ok = r.status_code == 200
+                except httpx.HTTPError:
+                    ok = False
+                if ok:
+                    latencies.append(time.perf_counter() - t0)
+                else:
+                    errors += 1
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(client_loop() for _ in range(concurrency)))
+        wall = time.perf_counter() - t0
+    lat = np.array(latencies) * 1000 if latencies else np.array([float("nan")])
+    return {"requests": len(latencies), "errors": errors, "seconds": wall,
+            "throughput": len(latencies) / wall, "p50_ms": float(np.percentile(lat, 50)),
+            "p99_ms": float(np.percentile(lat, 99))}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", help="SimBERT model directory or MLflow URI (default: train a tiny one)")
+    p.add_argument("--index", help="index built with --model (default: index the tiny corpus)")
+    p.add_argument("--steps", type=int, default=60, help="training steps of the tiny model")
+    p.add_argument("--untrained-size", metavar="HIDDENxLAYERS",
+                   help="instead of the tiny trained model, an untrained one of this size (e.g. 256x4)")
+    p.add_argument("--concurrency", default="1,8,32")
+    p.add_argument("--routes", default="/v1/similar,/v1/search")
+    p.add_argument("--per-client", type=int, default=16, help="requests per client and cell")
+    p.add_argument("--min-requests", type=int, default=96, help="at least this many requests per cell")
+    p.add_argument("--cell-timeout", type=float, default=120, help="seconds at most per cell")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="measure every cell this many times (on and off alternating); the table keeps the "
+                        "best round of each, as other jobs on the machine only ever slow a round down")
+    p.add_argument("--n", type=int, default=8, help="/v1/similar: candidates sampled per request")
+    p.add_argument("--k", type=int, default=5)
+    p.add_argument("--max-new-tokens", type=int, default=16, help="/v1/similar: decoding steps")
+    p.add_argument("--max-batch-size", type=int, default=16)
+    p.add_argument("--batch-wait-ms", type=float, default=5.0)
+    p.add_argument("--num-cpus", type=float, default=0.5, help="logical CPUs per model replica")
+    p.add_argument("--json", help="also write the results to this file")
+    args = p.parse_args()
+    levels = [int(c) for c in args.concurrency.split(",")]
+    routes = args.routes.split(",")
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    import ray
+    from ray import serve
+
+    from serving.app import AppArgs, build_app
+
+    with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
+        if args.model:
+            model, index = args.model, args.index
+        else:
+            t0 = time.perf_counter()
+            model, index = prepare_model(Path(tmp), args.steps, args.untrained_size)
+            what = f"untrained {args.untrained_size} SimBERT" if args.untrained_size else "tiny SimBERT trained"
+            print(f"{what} and index ready in {time.perf_counter() - t0:.1f} s", flush=True)
+        repo = str(Path(__file__).resolve().parents[1])
+        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, object_store_memory=200 * 1024**2,
+                 runtime_env={"env_vars": {"PYTHONPATH": repo}})
+        port = free_port()
+        base = f"http://127.0.0.1:{port}"
+        results = []
+        ceiling = float("nan")
+        try:
+            serve.start(http_options={"host": "127.0.0.1", "port": port})
+            limits = {"max_n": max(64, args.n), "max_k": 100, "max_new_tokens": max(64, args.max_new_tokens),
+                      "timeout_s": 120}
+            for mode, enabled in (("on", True), ("off", False)):
+                app_args = AppArgs(model=str(model), index=str(index) if index else None, limits=limits,
+                                   batching={"enabled": enabled, "max_batch_size": args.max_batch_size,
+                                             "batch_wait_timeout_s": args.batch_wait_ms / 1000},
+                                   scaling={"num_replicas": 1, "num_cpus": args.num_cpus})
+                serve.run(build_app(app_args), name=f"batching-{mode}", route_prefix=f"/{mode}", blocking=False)
+            print(f"Serve on {base}: /on (batching, max_batch_size {args.max_batch_size}, wait "
+                  f"{args.batch_wait_ms:g} ms) and /off (no batching)", flush=True)
+
+            for route in routes:
+                make_body = bodies(route, args.n, args.k, args.max_new_tokens)
+                for c in levels:
+                    total = max(args.min_requests, args.per_client * c)
+                    best: dict[str, dict] = {}
+                    errors: dict[str, int] = {}
+                    for rnd in range(args.rounds):
+                        for mode in ("on", "off"):
+                            warm = asyncio.run(run_cell(f"{base}/{mode}", route, make_body, c, 2 * c,
+                                                        args.cell_timeout))
+                            if warm["errors"]:
+                                raise RuntimeError(f"warm-up of {mode}{route} failed: {warm}")
+                            cell = asyncio.run(run_cell(f"{base}/{mode}", route, make_body, c, total,
+                                                        args.cell_timeout))
+                            cell.update(route=route, concurrency=c, batching=mode, round=rnd)
+                            print(f"  {route:12s} c={c:<3d} batching {mode:3s} round {rnd}: "
+                                  f"{cell['throughput']:7.1f} req/s  p50 {cell['p50_ms']:7.1f} ms  "
+                                  f"p99 {cell['p99_ms']:7.1f} ms  ({cell['requests']} ok, {cell['errors']} errors, "
+                                  f"{cell['seconds']:.1f} s)", flush=True)
+                            errors[mode] = errors.get(mode, 0) + cell["errors"]
+                            if mode not in best or cell["throughput"] > best[mode]["throughput"]:
+                                best[mode] = cell
+                    for mode in ("on", "off"):
+                        results.append({**best[mode], "errors": errors[mode]})     # errors of all rounds
+            # The ceiling of the HTTP path alone (proxy + FastAPI ingress, no model call): what
+            # batching can at most approach when the model's own work is small.
+            top = max(levels)
+            ceiling = max(asyncio.run(run_cell(f"{base}/on", "/healthz", None, top, max(256, 8 * top),
+                                               args.cell_timeout))["throughput"] for _ in range(args.rounds))
+        finally:
+            serve.shutdown()
+            ray.shutdown()
+
+    print()
+    print(f"Best of {args.rounds} rounds per cell; errors summed over all rounds.")
+    print("| route | concurrency | batching | requests | req/s | p50 ms | p99 ms | errors |")
+    print("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |")
+    for r in results:
+        print(f"| `{r['route']}` | {r['concurrency']} | {r['batching']} | {r['requests']} | {r['throughput']:.1f} | "
+              f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['errors']} |")
+    print()
+    cells = {(r["route"], r["concurrency"], r["batching"]): r for r in results}
+    print("| route | " + " | ".join(f"on/off at {c}" for c in levels) + " |")
+    print("| --- | " + " | ".join("---:" for _ in levels) + " |")
+    for route in routes:
+        ratios = [cells[(route, c, "on")]["throughput"] / cells[(route, c, "off")]["throughput"] for c in levels]
+        print(f"| `{route}` | " + " | ".join(f"{x:.2f}×" for x in ratios) + " |")
+    print(f"HTTP path alone (GET /healthz: proxy + ingress, no model call) at concurrency {top}: "
+          f"{ceiling:.1f} req/s")
+    for route in routes:
+        ratio = cells[(route, top, "on")]["throughput"] / cells[(route, top, "off")]["throughput"]
+        verdict = "meets" if ratio >= GOAL else "misses"
+        print(f"{route}: batching on / off at concurrency {top}: {ratio:.2f}× ({verdict} the goal of ≥ {GOAL:g}×)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
