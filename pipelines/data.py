@@ -67,7 +67,11 @@ def check_files(paths: list[str]) -> list[str]:
 
 
 def parse_file(path: str, data: bytes) -> list[dict]:
-    """One file's bytes -> rows {"source": "file:line", "record": json text, "error": reason or ""}."""
+    """One file's bytes -> rows {"source": "file:line", "record": json text, "error": reason or ""}.
+
+    A JSON file holding one array (LCCC as published: a list of dialogues) gives one row per element
+    ("file:element number"). A row that is a non-empty array of strings, there or on a JSON Lines line,
+    is a dialogue: it becomes {"turns": [...]}."""
     rows = []
     if path.endswith(PARQUET_SUFFIXES):
         import pyarrow.parquet as pq
@@ -79,7 +83,13 @@ def parse_file(path: str, data: bytes) -> list[dict]:
             rows.append({"source": f"{path}:{i}", "record": json.dumps(rec, ensure_ascii=False, default=str),
                          "error": ""})
         return rows
-    for i, line in enumerate(data.decode("utf-8", errors="replace").splitlines(), 1):
+    text = data.decode("utf-8", errors="replace")
+    document = _json_array(text)
+    if document is not None:
+        for i, rec in enumerate(document, 1):
+            rows.append(_row(f"{path}:{i}", rec, None))
+        return rows
+    for i, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -87,11 +97,32 @@ def parse_file(path: str, data: bytes) -> list[dict]:
         except json.JSONDecodeError:
             rows.append({"source": f"{path}:{i}", "record": "", "error": "not valid JSON"})
             continue
-        if not isinstance(rec, dict):
-            rows.append({"source": f"{path}:{i}", "record": "", "error": "a row must be a JSON object"})
-            continue
-        rows.append({"source": f"{path}:{i}", "record": line, "error": ""})
+        rows.append(_row(f"{path}:{i}", rec, line))
     return rows
+
+
+def _row(source: str, rec, line: str | None) -> dict:
+    if isinstance(rec, list) and rec and all(isinstance(u, str) for u in rec):
+        rec, line = {"turns": rec}, None                      # LCCC: a dialogue is a list of utterances
+    if not isinstance(rec, dict):
+        return {"source": source, "record": "", "error": "a row must be a JSON object"}
+    return {"source": source, "record": line if line is not None else json.dumps(rec, ensure_ascii=False),
+            "error": ""}
+
+
+def _json_array(text: str) -> list | None:
+    """The elements of a file that is one JSON array, spread over any number of lines (LCCC's
+    published files); None for JSON Lines, and for a file holding one array of strings (a single
+    dialogue on a JSON Lines line)."""
+    if not text.lstrip().startswith("["):
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        return None
+    if isinstance(value, list) and not all(isinstance(v, str) for v in value):
+        return value
+    return None
 
 
 def read_rows(paths: list[str], task):
