@@ -263,7 +263,10 @@ class Transformer(nn.Module):
         allowed, is_causal, target = None, False, None
         if self.config.attention == "softmax":
             if incremental:
-                allowed = incremental_mask(cache.valid, valid)
+                # One new token after a cache without holes sees every key: no mask at all (SDPA's
+                # fastest path). Otherwise real cached keys plus the new tokens causally.
+                if not (valid.shape[1] == 1 and all_valid and bool(cache.valid.all())):
+                    allowed = incremental_mask(cache.valid, valid)
             elif mode == "causal" and all_valid:
                 is_causal = True
             elif not (mode == "bidirectional" and all_valid):

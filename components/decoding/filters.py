@@ -14,11 +14,19 @@ NEG_INF = float("-inf")
 
 
 def top_k_mask(logits: torch.Tensor, k: int) -> torch.Tensor:
-    """(N, V) -> bool (N, V): True for the k best tokens of each row (ties by lower id)."""
+    """(N, V) -> bool (N, V): True for the k best tokens of each row (ties by lower id).
+
+    Same set as the first k of a stable descending sort, without sorting the vocabulary: every
+    token above the k-th largest value, then the lowest ids among those equal to it."""
     k = min(k, logits.shape[-1])
-    order = torch.sort(logits, dim=-1, descending=True, stable=True).indices
-    keep = torch.zeros_like(logits, dtype=torch.bool)
-    return keep.scatter_(-1, order[:, :k], True)
+    kth = logits.topk(k, dim=-1).values[:, -1:]                 # (N, 1) the k-th largest value
+    keep = logits >= kth
+    if bool((keep.sum(dim=-1) == k).all()):                     # the usual case: no tie at the cut
+        return keep
+    above = logits > kth
+    tied = keep & ~above
+    room = k - above.sum(dim=-1, keepdim=True)                  # how many tied tokens fit
+    return above | (tied & (tied.cumsum(dim=-1) <= room))
 
 
 def top_p_mask(logits: torch.Tensor, p: float) -> torch.Tensor:
@@ -34,17 +42,21 @@ def top_p_mask(logits: torch.Tensor, p: float) -> torch.Tensor:
 
 def filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None, eos_id: int | None = None,
                   consistent: bool = False) -> torch.Tensor:
-    """Set filtered tokens to -inf. With `consistent`, EOS keeps its logit whatever the filters say."""
-    keep = torch.ones_like(logits, dtype=torch.bool)
+    """Set filtered tokens to -inf (returns `logits` itself when nothing is filtered). With
+    `consistent`, EOS keeps its logit whatever the filters say."""
+    if consistent and eos_id is None:
+        raise ValueError("consistent decoding needs the EOS token id")
+    keep = None
     if top_k is not None:
-        keep &= top_k_mask(logits, top_k)
+        keep = top_k_mask(logits, top_k)
     if top_p is not None and top_p < 1.0:
-        keep &= top_p_mask(logits, top_p)
+        nucleus = top_p_mask(logits, top_p)
+        keep = nucleus if keep is None else keep & nucleus
+    if keep is None:                                            # nothing filtered
+        return logits
     if consistent:
-        if eos_id is None:
-            raise ValueError("consistent decoding needs the EOS token id")
         keep[:, eos_id] = True
-    return logits.masked_fill(~keep, NEG_INF)
+    return torch.where(keep, logits, NEG_INF)
 
 
 def apply_repetition_penalty(logits: torch.Tensor, generated: torch.Tensor, penalty: float) -> torch.Tensor:

@@ -95,6 +95,33 @@ class _Stepper:
             self.logits = self._recompute()
 
 
+def _sample(logits: torch.Tensor, config: DecodingConfig, eos_id: int, gen: torch.Generator) -> torch.Tensor:
+    """One token per row from softmax over the tokens that top-k / nucleus (/ consistent) keep.
+
+    With top-k, at most k (+ EOS when consistent) tokens per row remain: sample among those
+    candidates, the same distribution without a multinomial over the whole vocabulary. With top-k
+    alone and no tie at the cut (the (k+1)-th value below the k-th), the candidates come straight
+    from one topk, without a mask over the vocabulary."""
+    k, V = config.top_k, logits.shape[-1]
+    if k is not None and config.top_p is None and k < V:
+        vals, idx = logits.topk(k + 1, dim=-1)
+        if bool((vals[:, k - 1] > vals[:, k]).all()):
+            cand, idx = vals[:, :k], idx[:, :k]
+            if config.consistent:                                   # EOS stays a candidate, once
+                has_eos = (idx == eos_id).any(dim=-1, keepdim=True)
+                eos_logit = logits[:, eos_id:eos_id + 1].masked_fill(has_eos, NEG_INF)
+                cand = torch.cat([cand, eos_logit], dim=1)
+                idx = torch.cat([idx, torch.full_like(idx[:, :1], eos_id)], dim=1)
+            pick = torch.multinomial(cand.softmax(-1), 1, generator=gen)
+            return idx.gather(1, pick).squeeze(1)
+    filtered = filter_logits(logits, k, config.top_p, eos_id, config.consistent)
+    if k is not None:
+        cand, idx = filtered.topk(min(V, k + int(config.consistent)), dim=-1)   # every kept token
+        pick = torch.multinomial(cand.softmax(-1), 1, generator=gen)
+        return idx.gather(1, pick).squeeze(1)
+    return torch.multinomial(filtered.softmax(-1), 1, generator=gen).squeeze(1)
+
+
 def _log_probs(model, logits, eos_id, step, survival):
     cfg = model.config
     if cfg.termination == "none":
@@ -164,19 +191,19 @@ def stream_generate(model, input_ids: torch.Tensor, segment_ids: torch.Tensor | 
         if config.strategy == "greedy":
             choice = logits.argmax(dim=-1)
         else:
-            logits = filter_logits(logits / config.temperature, config.top_k, config.top_p, eos_token_id,
-                                   config.consistent)
-            choice = torch.multinomial(logits.softmax(-1), 1, generator=gen).squeeze(1)
+            if config.temperature != 1.0:
+                logits = logits / config.temperature
+            choice = _sample(logits, config, eos_token_id, gen)
         scores[live] += logp.gather(1, choice[:, None]).squeeze(1).double()
         survival[live] = new_survival
         ended = choice == eos_token_id
         step_events = []
-        for i, r in enumerate(live.tolist()):
-            if ended[i]:
+        for r, c in zip(live.tolist(), choice.tolist()):         # plain ints: no per-row tensor ops
+            if c == eos_token_id:
                 reasons[r] = "eos"
             else:
-                tokens[r].append(int(choice[i]))
-                step_events.append((r, int(choice[i])))
+                tokens[r].append(c)
+                step_events.append((r, c))
         yield step_events
         keep = (~ended).nonzero().squeeze(1)
         if len(keep) == 0 or t == config.max_new_tokens:
