@@ -28,6 +28,8 @@ COMMANDS: dict[str, str] = {
     "quickstart": "pipelines.commands.quickstart",
     "submit": "pipelines.commands.submit",
     "jobs": "pipelines.commands.jobs",
+    "chat": "pipelines.commands.chat",
+    "probe": "pipelines.commands.probe",
 }
 
 

@@ -1,7 +1,7 @@
 """Run the Serve application until Ctrl-C or SIGTERM, then stop Serve and the Ray it started.
 
     python -m serving [CONFIG.yaml] [--model DIR|URI] [--index DIR] [--chat-model DIR|URI]
-                      [--attribution-model DIR|URI]
+                      [--attribution-model DIR|URI] [--parser-model DIR|URI]
                       [--host 127.0.0.1] [--port 8000] [--address RAY_ADDRESS]
 
 `bert4ray serve` runs this module. CONFIG is a Serve config file (serving/config.yaml); flags
@@ -27,6 +27,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--index", help="index directory built by `bert4ray index`")
     p.add_argument("--chat-model", help="dialogue model directory or MLflow model URI")
     p.add_argument("--attribution-model", help="classifier (classify task) for /v1/attribute")
+    p.add_argument("--parser-model", help="masked LM (mlm task) for /v1/segment and /v1/parse")
     p.add_argument("--host", default=None, help="bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=None, help="port (default 8000)")
     p.add_argument("--address", default=os.environ.get("RAY_ADDRESS"), help="Ray cluster to join")
@@ -45,7 +46,7 @@ def load_settings(args: argparse.Namespace) -> tuple[dict, str, int]:
         if apps:
             app_args = dict(apps[0].get("args") or {})
         http = config.get("http_options") or {}
-    for key in ("model", "index", "chat_model", "attribution_model"):
+    for key in ("model", "index", "chat_model", "attribution_model", "parser_model"):
         value = getattr(args, key)
         if value:
             app_args[key] = value

@@ -124,3 +124,33 @@ class AttributorDeployment:
 
     async def attribute(self, item: dict) -> dict:
         return await self._attribute(item)
+
+
+@serve.deployment(name="parser", **_SHUTDOWN)
+class ParserDeployment:
+    """Perturbed Masking. Requests that arrive together are segmented (and parsed) together: the
+    masked copies of all their texts share forward passes."""
+
+    def __init__(self, model: str, batching: dict):
+        from serving.parser import Parser
+
+        self.parser = Parser(resolve_model(model))
+        _configure_batching(self._segment, batching)
+        _configure_batching(self._parse, batching)
+
+    def info(self) -> dict:
+        return self.parser.info()
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
+    async def _segment(self, texts: list[str]) -> list[list[str]]:
+        return self.parser.segment_many(texts)
+
+    async def segment(self, text: str) -> list[str]:
+        return await self._segment(text)
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
+    async def _parse(self, items: list[dict]) -> list[dict]:
+        return self.parser.parse_many(items)
+
+    async def parse(self, item: dict) -> dict:
+        return await self._parse(item)

@@ -22,8 +22,12 @@ from serving.schemas import (
     EmbeddingsRequest,
     EmbeddingsResponse,
     Limits,
+    ParseRequest,
+    ParseResponse,
     SearchRequest,
     SearchResponse,
+    SegmentRequest,
+    SegmentResponse,
     SimilarRequest,
     SimilarResponse,
 )
@@ -65,11 +69,11 @@ async def _await(response):
 @serve.ingress(api)
 class Ingress:
     def __init__(self, limits: dict | None = None, api_key_env: str = "BERT4RAY_API_KEY", retriever=None,
-                 generator=None, chat=None, attributor=None, extra: dict | None = None):
+                 generator=None, chat=None, attributor=None, parser=None, extra: dict | None = None):
         self.limits = Limits(**(limits or {}))
         _Settings.limits, _Settings.api_key_env = self.limits, api_key_env
         self.handles = {"retriever": retriever, "generator": generator, "chat": chat, "attributor": attributor,
-                        **(extra or {})}
+                        "parser": parser, **(extra or {})}
 
     # --- helpers ----------------------------------------------------------------------------
     def _handle(self, name: str, what: str):
@@ -131,10 +135,13 @@ class Ingress:
         self._text("query", req.query)
         _limit(req.k <= self.limits.max_k, f"k={req.k} exceeds the limit of {self.limits.max_k}")
         handle = self._handle("retriever", "search")
-        info = await self._call(handle.info.remote())
-        if info.get("index_size") is None:
-            raise ApiError(404, "no_index", "no index is loaded: start the server with --index DIR")
-        return {"hits": await self._call(handle.search.remote(req.query, req.k))}
+        # One (batched) call per request: a replica without an index answers with LookupError,
+        # rather than every request paying an extra round trip to ask first.
+        try:
+            hits = await self._call(handle.search.remote(req.query, req.k))
+        except LookupError:
+            raise ApiError(404, "no_index", "no index is loaded: start the server with --index DIR") from None
+        return {"hits": hits}
 
     @api.post("/v1/embeddings", response_model=EmbeddingsResponse)
     async def embeddings(self, req: EmbeddingsRequest) -> dict:
@@ -167,6 +174,21 @@ class Ingress:
             return HTMLResponse(render_html(Attribution(**out)))
         return {"label": out["label"], "prob": out["prob"], "target": out["target_label"], "tokens": out["tokens"],
                 "scores": out["scores"], "norms": out["norms"], "delta": out["delta"]}
+
+    @api.post("/v1/segment", response_model=SegmentResponse)
+    async def segment(self, req: SegmentRequest) -> dict:
+        self._text("text", req.text)
+        handle = self._handle("parser", "segmentation")
+        return {"words": await self._call(handle.segment.remote(req.text))}
+
+    @api.post("/v1/parse", response_model=ParseResponse)
+    async def parse(self, req: ParseRequest) -> dict:
+        self._text("text", req.text)
+        handle = self._handle("parser", "parsing")
+        out = await self._call(handle.parse.remote(req.model_dump()))
+        if "error" in out:
+            raise ApiError(422, "invalid_request", out["error"])
+        return out
 
     @api.post("/v1/chat/completions")
     async def chat_completions(self, req: ChatRequest):

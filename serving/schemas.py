@@ -149,6 +149,34 @@ class AttributeResponse(BaseModel):
     delta: float
 
 
+class SegmentRequest(Strict):
+    """Perturbed Masking word segmentation of one text."""
+    text: str = Field(min_length=1)
+    _check = field_validator("text")(nonempty)
+
+
+class SegmentResponse(BaseModel):
+    words: list[str]
+
+
+class ParseRequest(Strict):
+    """Perturbed Masking parse of one text: over its whitespace tokens, or its segmented words."""
+    text: str = Field(min_length=1)
+    dependency: Literal["eisner", "chu_liu_edmonds"] | None = None
+    """Default: the model's calibrated choice, else eisner."""
+    constituency: Literal["mart", "seed", "right_branching", "left_branching"] | None = None
+    """Default: the model's calibrated choice, else mart."""
+    _check = field_validator("text")(nonempty)
+
+
+class ParseResponse(BaseModel):
+    tokens: list[str]
+    heads: list[int]
+    """1-based head of each token, 0 = root."""
+    tree: str | list
+    """Binary constituency tree: a token, or a list of two subtrees (nested JSON arrays)."""
+
+
 class ErrorBody(BaseModel):
     code: str
     message: str

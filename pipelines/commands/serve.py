@@ -1,5 +1,5 @@
 """`bert4ray serve [CONFIG.yaml] [--model DIR|URI] [--index DIR] [--chat-model DIR|URI]
-                [--attribution-model DIR|URI] [--host H] [--port P]`
+                [--attribution-model DIR|URI] [--parser-model DIR|URI] [--host H] [--port P]`
 
 Runs the Serve application (the `serving` package) in a child process: `python -m serving`. The CLI
 lives in `pipelines`, which never imports `serving`, so the two meet only through this process
@@ -13,7 +13,8 @@ import signal
 import subprocess
 import sys
 
-HELP = "run the Ray Serve application (generation, retrieval, embeddings, chat, attribution) on 127.0.0.1:8000"
+HELP = ("run the Ray Serve application (generation, retrieval, embeddings, chat, attribution, parsing) "
+        "on 127.0.0.1:8000")
 
 
 def add_arguments(parser) -> None:
@@ -22,6 +23,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--index", help="index directory built by `bert4ray index` with the same model")
     parser.add_argument("--chat-model", help="dialogue model directory or MLflow model URI")
     parser.add_argument("--attribution-model", help="classifier (classify task) for /v1/attribute")
+    parser.add_argument("--parser-model", help="masked LM (mlm task) for /v1/segment and /v1/parse")
     parser.add_argument("--host", help="bind address (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port (default 8000)")
     parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
@@ -31,7 +33,7 @@ def serving_command(args) -> list[str]:
     cmd = [sys.executable, "-m", "serving"]
     if args.config:
         cmd.append(args.config)
-    for flag in ("model", "index", "chat_model", "attribution_model", "host", "port", "address"):
+    for flag in ("model", "index", "chat_model", "attribution_model", "parser_model", "host", "port", "address"):
         value = getattr(args, flag, None)
         if value is not None:
             cmd += [f"--{flag.replace('_', '-')}", str(value)]
@@ -59,6 +61,6 @@ def run_foreground(cmd: list[str]) -> int:
 
 
 def run(args) -> int:
-    if not (args.config or args.model or args.chat_model or args.attribution_model):
-        raise ValueError("give a Serve config file, --model, --chat-model or --attribution-model")
+    if not (args.config or args.model or args.chat_model or args.attribution_model or args.parser_model):
+        raise ValueError("give a Serve config file, --model, --chat-model, --attribution-model or --parser-model")
     return run_foreground(serving_command(args))

@@ -4,9 +4,19 @@ from pathlib import Path
 
 import pytest
 
+from pipelines.probe import load_probe_recipe
 from pipelines.recipe import load_recipe, to_dict
 
 RECIPES = sorted((Path(__file__).resolve().parents[2] / "pipelines" / "recipes").glob("*.yaml"))
+# The command a recipe's header names decides which recipe type it is.
+LOADERS = {"train": load_recipe, "probe": load_probe_recipe}
+
+
+def command_of(path: Path) -> str:
+    head = path.read_text(encoding="utf-8").splitlines()[:6]
+    found = [cmd for cmd in LOADERS if any(f"bert4ray {cmd} pipelines/recipes/{path.name}" in line for line in head)]
+    assert len(found) == 1, f"{path.name}: the header must give `bert4ray <train|probe> pipelines/recipes/{path.name}`"
+    return found[0]
 
 
 def test_recipes_are_shipped():
@@ -15,15 +25,16 @@ def test_recipes_are_shipped():
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
 def test_recipe_validates(path):
-    recipe = load_recipe(path)
+    load = LOADERS[command_of(path)]
+    recipe = load(path)
     assert recipe.name == path.stem
     # A round trip through plain data gives the same recipe.
-    assert to_dict(load_recipe(data=to_dict(recipe))) == to_dict(recipe)
+    assert to_dict(load(data=to_dict(recipe))) == to_dict(recipe)
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
 def test_recipe_starts_with_its_command(path):
     head = path.read_text(encoding="utf-8").splitlines()[:6]
     assert head[0].startswith("#")
-    assert any(f"bert4ray train pipelines/recipes/{path.name}" in line for line in head)
+    assert command_of(path) in LOADERS
     assert any("--set" in line for line in head), "an override example is missing"

