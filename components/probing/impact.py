@@ -24,6 +24,8 @@ one forward batch of its n masked copies):
   fastest attention path), so only the few batches at a change of length are padded;
 - only the hidden states at the masked units are kept: the singles x\\{i} first, then each pair
   batch is reduced to distances at once, so memory does not grow with n²;
+- the embedding output and the first block's query/key/value projections depend on a position's
+  token only: they are computed once per sentence (and once for [MASK]) and gathered into the copies;
 - the forward pass stops at the chosen layer, and that last block is evaluated only at the
   positions that are read (its keys and values still cover every position): the other positions'
   attention output and feed-forward at that layer are never needed.
@@ -142,40 +144,54 @@ def _distance(a: torch.Tensor, b: torch.Tensor, kind: str) -> torch.Tensor:
 
 
 class _Runner:
-    """Forward passes over masked copies; returns hidden states at requested positions."""
+    """Forward passes over masked copies; returns hidden states at requested positions.
+
+    The embedding output and the first block's query/key/value projections of a position depend
+    only on its token, so they are computed once per sentence (and once for [MASK] at each
+    position) and gathered into each copy instead of being recomputed for every copy."""
 
     def __init__(self, model, encs: list[Encoded], layers: list[int], mask_id: int, pad_id: int):
         self.model, self.encs, self.layers = model, encs, layers
-        self.mask_id, self.pad_id = mask_id, pad_id
         device = next(model.parameters()).device
         T = max(len(e.ids) for e in encs)
         ids = torch.full((len(encs), T), pad_id, dtype=torch.long)
         for s, e in enumerate(encs):
             ids[s, :len(e.ids)] = torch.tensor(e.ids, dtype=torch.long)
-        self.ids, self.device = ids.to(device), device
+        self.device = device
         self.lengths = [len(e.ids) for e in encs]
+        first = model.layers[0]
+        with torch.inference_mode():
+            self.x0 = model.embed(ids.to(device))                                # (S, T, H)
+            self.qkv0 = _qkv(first, self.x0)                                      # (S, T, 3H)
+            self.x0_mask = model.embed(torch.full((1, T), mask_id, device=device))[0]   # (T, H)
+            self.qkv0_mask = _qkv(first, self.x0_mask)                            # (T, 3H)
 
     def run(self, sents: list[int], masked: list[list[int]], reads: list[list[int]]) -> torch.Tensor:
         """Row r is sentence sents[r] with token positions masked[r] set to [MASK]; returns the
         hidden states at positions reads[r], flattened in row order: (sum len(reads[r]), nL, D)."""
         B = len(sents)
         T = max(self.lengths[s] for s in sents)
-        rows = torch.tensor(sents, device=self.device)
-        batch = self.ids[rows, :T].clone()                                       # (B, T)
-        r_idx = torch.tensor([r for r in range(B) for _ in masked[r]], device=self.device, dtype=torch.long)
-        p_idx = torch.tensor([p for m in masked for p in m], device=self.device, dtype=torch.long)
-        batch[r_idx, p_idx] = self.mask_id
-        lengths = [self.lengths[s] for s in sents]
-        attention_mask = None
-        if min(lengths) != T:                                                    # mixed lengths: padded
-            attention_mask = (torch.arange(T, device=self.device)[None]
-                              < torch.tensor(lengths, device=self.device)[:, None]).long()  # (B, T)
+        dev = self.device
+        rows = torch.tensor(sents, device=dev)
+        r_idx = torch.tensor([r for r in range(B) for _ in masked[r]], device=dev, dtype=torch.long)
+        p_idx = torch.tensor([p for m in masked for p in m], device=dev, dtype=torch.long)
+        x0 = self.x0[rows, :T].clone()                                           # (B, T, H)
+        x0[r_idx, p_idx] = self.x0_mask[p_idx]
+        qkv0 = self.qkv0[rows, :T].clone()                                       # (B, T, 3H)
+        qkv0[r_idx, p_idx] = self.qkv0_mask[p_idx]
+        lengths = torch.tensor([self.lengths[s] for s in sents], device=dev)
+        valid = torch.arange(T, device=dev)[None] < lengths[:, None]            # (B, T)
         Q = max(len(rd) for rd in reads)
         # (B, Q) read positions, short rows padded with their first read (dropped again below).
-        qpos = torch.tensor([rd + rd[:1] * (Q - len(rd)) for rd in reads], device=self.device, dtype=torch.long)
-        keep = torch.tensor([q < len(rd) for rd in reads for q in range(Q)], device=self.device)
-        states = hidden_states_at(self.model, batch, attention_mask, self.layers, qpos)   # (B, Q, nL, D)
+        qpos = torch.tensor([rd + rd[:1] * (Q - len(rd)) for rd in reads], device=dev, dtype=torch.long)
+        keep = torch.tensor([q < len(rd) for rd in reads for q in range(Q)], device=dev)
+        states = _states_from_embeddings(self.model, x0, qkv0, valid, self.layers, qpos)   # (B, Q, nL, D)
         return states.reshape(B * Q, *states.shape[2:])[keep]                   # (R, nL, D)
+
+
+def _qkv(block, x: torch.Tensor) -> torch.Tensor:
+    """(..., H) -> (..., 3H): the block's query, key and value projections side by side."""
+    return torch.cat([block.query(x), block.key(x), block.value(x)], dim=-1)
 
 
 def hidden_states_at(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, layers: list[int],
@@ -183,35 +199,50 @@ def hidden_states_at(model, input_ids: torch.Tensor, attention_mask: torch.Tenso
     """Hidden states of a bidirectional forward pass at positions qpos (B, Q) of the given layers
     (indices into `hidden_states`): (B, Q, nL, D). Equal to reading `model(...).hidden_states`, but
     the blocks above the highest layer are skipped and that block is computed at qpos only."""
-    B, T = input_ids.shape
-    top = max(layers)
     valid = attention_mask.bool() if attention_mask is not None else torch.ones_like(input_ids, dtype=torch.bool)
-    ctx = model._context("bidirectional", False, False, valid, torch.zeros_like(input_ids), None)
-    x = model.embed(input_ids)                                                   # (B, T, H)
-    H = x.shape[-1]
+    x0 = model.embed(input_ids)                                                  # (B, T, H)
+    return _states_from_embeddings(model, x0, _qkv(model.layers[0], x0), valid, layers, qpos)
+
+
+def _states_from_embeddings(model, x0, qkv0, valid, layers, qpos) -> torch.Tensor:
+    """x0: (B, T, H) embedding output; qkv0: (B, T, 3H) its first-block projections; valid: (B, T)
+    bool. Runs the blocks up to the highest requested layer, the last one at qpos only."""
+    B, T, H = x0.shape
+    top = max(layers)
+    ctx = model._context("bidirectional", False, False, valid, torch.zeros(B, T, dtype=torch.long,
+                                                                             device=x0.device), None)
+    key_valid = ctx.key_valid                                                    # None when nothing is padded
     index = qpos[..., None].expand(B, qpos.shape[1], H)                          # (B, Q, H)
-    got = {0: torch.gather(x, 1, index)}
-    for li in range(1, top):
-        x, _ = model.layers[li - 1](x, ctx, None)
-        got[li] = torch.gather(x, 1, index)
-    got[top] = _block_at(model.layers[top - 1], x, ctx, index)
+    got = {0: torch.gather(x0, 1, index)}
+    q, k, v = qkv0.split(H, dim=-1)                                              # (B, T, H) each
+    first = model.layers[0]
+    if top == 1:
+        got[1] = _attend(first, torch.gather(x0, 1, index), torch.gather(q, 1, index), k, v, key_valid)
+    else:
+        x = _attend(first, x0, q, k, v, key_valid)                              # (B, T, H)
+        got[1] = torch.gather(x, 1, index)
+        for li in range(2, top):
+            x, _ = model.layers[li - 1](x, ctx, None)
+            got[li] = torch.gather(x, 1, index)
+        block = model.layers[top - 1]
+        xq = torch.gather(x, 1, index)                                           # (B, Q, H)
+        got[top] = _attend(block, xq, block.query(xq), block.key(x), block.value(x), key_valid)
     return torch.stack([got[i] for i in layers], dim=2)                           # (B, Q, nL, H)
 
 
-def _block_at(block, x: torch.Tensor, ctx, index: torch.Tensor) -> torch.Tensor:
-    """components.model.Block (post-LN, eval mode) with queries only at the gathered positions:
-    keys and values from all of x (B, T, H); returns (B, Q, H)."""
+def _attend(block, xq, q, k, v, key_valid) -> torch.Tensor:
+    """The rest of components.model.Block (post-LN, eval mode) for queries q (B, Q, H) at residual
+    inputs xq (B, Q, H), over keys and values k, v (B, T, H); key_valid: (B, T) bool or None.
+    Returns the block's output at those Q positions: (B, Q, H)."""
     from components.attention import linear_attention, softmax_attention
-    B, T, _ = x.shape
-    xq = torch.gather(x, 1, index)                                               # (B, Q, H)
-    Q = xq.shape[1]
-    q = block._heads(block.query(xq))                                            # (B, nh, Q, hs)
-    k, v = block._heads(block.key(x)), block._heads(block.value(x))              # (B, nh, T, hs)
+    B, Q, _ = xq.shape
+    T = k.shape[1]
+    q, k, v = block._heads(q), block._heads(k), block._heads(v)                 # (B, nh, Q|T, hs)
     if block.kind == "softmax":
-        allowed = None if ctx.key_valid is None else ctx.key_valid[:, None, None, :].expand(B, 1, Q, T)
+        allowed = None if key_valid is None else key_valid[:, None, None, :].expand(B, 1, Q, T)
         y = softmax_attention(q, k, v, allowed)                                  # (B, nh, Q, hs)
     else:
-        y = linear_attention(q, k, v, ctx.key_valid)
+        y = linear_attention(q, k, v, key_valid)
     y = y.transpose(1, 2).reshape(B, Q, -1)                                      # (B, Q, H)
     xq = block.attn_norm(xq + block.attn_out(y))
     return block.ffn_norm(xq + block.ffn_out(block.act(block.ffn_in(xq))))

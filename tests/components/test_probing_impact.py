@@ -8,6 +8,7 @@ import torch
 from components.probing.impact import (
     ImpactOptions,
     encode_units,
+    hidden_states_at,
     impact_matrices,
     impact_matrix,
     pack_batches,
@@ -184,3 +185,25 @@ def test_pack_batches_respects_the_budget():
     for b in batches:
         assert len(b) == 1 or len(b) * max(lengths[k] for k in b) <= 20
     assert [lengths[b[0]] for b in batches] == sorted((lengths[b[0]] for b in batches), reverse=True)
+
+
+@pytest.mark.parametrize("attention", ["softmax", "linear"])
+def test_hidden_states_at_equals_the_full_forward(tokenizer, attention):
+    """Stopping at the highest requested layer and computing its block at the read positions only
+    gives the same states as the model's own forward pass (padding included)."""
+    from components.model import Transformer
+    from tests.conftest import tiny_config
+    torch.manual_seed(3)
+    m = Transformer(tiny_config(tokenizer.vocab_size, num_hidden_layers=3, attention=attention,
+                                initializer_range=0.3)).eval()
+    ids = torch.randint(5, tokenizer.vocab_size, (4, 9))
+    mask = torch.ones_like(ids)
+    mask[1, 6:], mask[3, 4:] = 0, 0
+    qpos = torch.tensor([[1, 8], [5, 0], [2, 2], [3, 1]])
+    with torch.no_grad():
+        full = m(ids, attention_mask=mask, return_logits=False).hidden_states
+        for layers in ([1], [2], [3], [1, 3], [0, 1, 2, 3]):
+            got = hidden_states_at(m, ids, mask, layers, qpos)                    # (B, Q, nL, H)
+            for k, li in enumerate(layers):
+                want = torch.stack([full[li][b, qpos[b]] for b in range(4)])      # (B, Q, H)
+                torch.testing.assert_close(got[:, :, k], want, atol=1e-5, rtol=0)
