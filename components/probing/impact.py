@@ -175,9 +175,9 @@ class _Runner:
         rows = torch.tensor(sents, device=dev)
         r_idx = torch.tensor([r for r in range(B) for _ in masked[r]], device=dev, dtype=torch.long)
         p_idx = torch.tensor([p for m in masked for p in m], device=dev, dtype=torch.long)
-        x0 = self.x0[rows, :T].clone()                                           # (B, T, H)
+        x0 = self.x0[rows, :T]                                                   # (B, T, H), a copy
         x0[r_idx, p_idx] = self.x0_mask[p_idx]
-        qkv0 = self.qkv0[rows, :T].clone()                                       # (B, T, 3H)
+        qkv0 = self.qkv0[rows, :T]                                               # (B, T, 3H), a copy
         qkv0[r_idx, p_idx] = self.qkv0_mask[p_idx]
         lengths = torch.tensor([self.lengths[s] for s in sents], device=dev)
         valid = torch.arange(T, device=dev)[None] < lengths[:, None]            # (B, T)
@@ -278,21 +278,23 @@ def impact_matrices(model, tokenizer, sentences: list[list[str]] | list[Encoded]
         return []
     runner = _Runner(model, encs, layers, tokenizer.mask_id, tokenizer.pad_id)
     sub = options.subword
+    # Per unit: its token positions (all masked) and the positions whose states are read.
+    masks = [[list(range(*sp)) for sp in e.spans] for e in encs]
+    reads_of = [[_positions(sp, sub) for sp in e.spans] for e in encs]
     with torch.inference_mode():
-        # 1. Singles x\{i}: the base states of every unit's tokens.
+        # 1. Singles x\{i}: the base states of every unit's read tokens.
         singles = [(s, i) for s, e in enumerate(encs) for i in range(e.n)]
-        base_slot: dict[tuple[int, int], int] = {}       # (s, i) -> first row of its tokens in `base`
+        slot_of = [[0] * e.n for e in encs]              # [s][i] -> first row of its reads in `base`
         chunks, next_slot = [], 0
         for batch in pack_batches([runner.lengths[s] for s, _ in singles], options.token_budget):
             sents, masked, reads = [], [], []
             for k in batch:
                 s, i = singles[k]
-                pos = list(range(*encs[s].spans[i]))
                 sents.append(s)
-                masked.append(pos)
-                reads.append(_positions(encs[s].spans[i], sub))
-                base_slot[(s, i)] = next_slot
-                next_slot += len(reads[-1])
+                masked.append(masks[s][i])
+                reads.append(reads_of[s][i])
+                slot_of[s][i] = next_slot
+                next_slot += len(reads_of[s][i])
             chunks.append(runner.run(sents, masked, reads))
         base = torch.cat(chunks)                                                 # (slots, nL, D)
 
@@ -301,34 +303,35 @@ def impact_matrices(model, tokenizer, sentences: list[list[str]] | list[Encoded]
             pairs = [(s, i, j) for s, e in enumerate(encs) for i in range(e.n) for j in range(i + 1, e.n)]
         else:
             pairs = [(s, i, i + 1) for s, e in enumerate(encs) for i in range(e.n - 1)]
+        reduce = "amax" if sub == "max" else "mean"
         for batch in pack_batches([runner.lengths[s] for s, _, _ in pairs], options.token_budget):
             sents, masked, reads = [], [], []
-            base_idx, target = [], []                     # per read: slot of its base state, entry id
-            entries: list[tuple[int, int, int]] = []      # entry id -> (s, row a, column b) of F
+            base_idx, target = [], []                     # per read: row of its base state, entry id
+            rows, cols, owners = [], [], []               # entry id -> F[owner][row][col]
             for k in batch:
                 s, i, j = pairs[k]
-                e = encs[s]
+                ri, rj = reads_of[s][i], reads_of[s][j]
                 sents.append(s)
-                masked.append(list(range(*e.spans[i])) + list(range(*e.spans[j])))
-                rd = []
-                for a, b in ((i, j), (j, i)):
-                    pos = _positions(e.spans[a], sub)
-                    rd += pos
-                    slot = base_slot[(s, a)]
-                    base_idx += range(slot, slot + len(pos))
-                    target += [len(entries)] * len(pos)
-                    entries.append((s, a, b))
-                reads.append(rd)
+                masked.append(masks[s][i] + masks[s][j])
+                reads.append(ri + rj)
+                e_id = len(rows)
+                base_idx += range(slot_of[s][i], slot_of[s][i] + len(ri))
+                base_idx += range(slot_of[s][j], slot_of[s][j] + len(rj))
+                target += [e_id] * len(ri) + [e_id + 1] * len(rj)
+                rows += (i, j)
+                cols += (j, i)
+                owners += (s, s)
             states = runner.run(sents, masked, reads)                            # (R, nL, D)
             dev = states.device
             d = _distance(states, base[torch.tensor(base_idx, device=dev)], options.distance)  # (R, nL)
             tgt = torch.tensor(target, device=dev)
-            reduce = "amax" if sub == "max" else "mean"
-            merged = torch.zeros(len(entries), nL, dtype=d.dtype, device=dev).scatter_reduce(
+            merged = torch.zeros(len(rows), nL, dtype=d.dtype, device=dev).scatter_reduce(
                 0, tgt[:, None].expand(-1, nL), d, reduce=reduce, include_self=False)   # (E, nL)
             values = merged.double().cpu().numpy()
-            for (s, a, b), v in zip(entries, values):
-                out[s][:, a, b] = v
+            owners_a = np.asarray(owners)
+            for s in np.unique(owners_a):
+                sel = owners_a == s
+                out[s][:, np.asarray(rows)[sel], np.asarray(cols)[sel]] = values[sel].T
     return [F if options.layer == "all" else F[0] for F in out]
 
 
