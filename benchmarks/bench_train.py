@@ -99,6 +99,8 @@ def main() -> None:
     os.environ["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1]),
                                                 os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     from pipelines.corpora import peoples_daily_rows
+    from pipelines.train import init_ray
+    init_ray(3)              # 2 workers + 1 CPU for Ray Data, for both runs of this one Ray
     rows = [{"text": r["text"]} for r in peoples_daily_rows()[:args.rows]]
     with tempfile.TemporaryDirectory(prefix="b4r-bench-") as d:
         corpus = Path(d) / "pd.jsonl"

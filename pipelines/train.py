@@ -21,6 +21,7 @@ import os
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -73,6 +74,19 @@ def init_ray(num_cpus: int | None = None) -> None:
         ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, runtime_env=env)
 
 
+def _check_cpus(need: int) -> None:
+    """A local Ray started earlier with fewer logical CPUs than the run needs would leave the
+    workers waiting for data forever: refuse instead. (A cluster may scale up: not checked there.)"""
+    import ray
+    if os.environ.get("RAY_ADDRESS"):
+        return
+    have = ray.cluster_resources().get("CPU", 0)
+    if have < need:
+        raise ValueError(f"the local Ray has {have:g} logical CPUs but this run needs {need} (workers x "
+                         "cpus_per_worker + 1 for Ray Data): start Ray with more (ray.init(num_cpus=...)) "
+                         "or lower scaling.num_workers / scaling.cpus_per_worker")
+
+
 def _resolve_files(recipe: Recipe, workdir: Path) -> tuple[list[str], list[str]]:
     cfg = recipe.data
     if cfg.source != "files":
@@ -118,11 +132,15 @@ def _model_config(recipe: Recipe, vocab_size: int, task, sep_id: int | None = No
 
 
 def run_training(recipe: Recipe, output: str | Path | None = None, resume: bool = False,
-                 progress: bool = True, recipe_path: str | Path | None = None) -> TrainingResult:
+                 progress: bool = True, recipe_path: str | Path | None = None,
+                 on_record: Callable[[dict], None] | None = None) -> TrainingResult:
     """Train the recipe on Ray Train and export the final model directory.
 
     output: where the model directory goes (default `<workdir>/runs/<run id>/model`).
     resume: continue the last run of this recipe name from its latest checkpoint.
+    on_record: called in this thread with every progress record as it arrives (step metrics
+        `{"step", "total", "epoch", "loss", ...}` and evaluations `{"step", "total", "eval_...": ...}`),
+        e.g. to report intermediate evaluations to Ray Tune (`bert4ray tune`).
     """
     import ray
     import ray.train
@@ -150,6 +168,7 @@ def run_training(recipe: Recipe, output: str | Path | None = None, resume: bool 
     # workers wait forever for their data.
     need = int(recipe.scaling.num_workers * recipe.scaling.cpus_per_worker + 0.999) + 1
     init_ray(max(os.cpu_count() or 1, need))
+    _check_cpus(need)
     task = get_task(recipe.task.name)(recipe.task.options)
     run_dir.mkdir(parents=True, exist_ok=True)
     latest_file.write_text(run_id)
@@ -221,6 +240,8 @@ def run_training(recipe: Recipe, output: str | Path | None = None, resume: bool 
                     continue
                 history.append(record)
                 bar.update(record)
+                if on_record is not None:
+                    on_record(record)
                 tracker.log_metrics({k: v for k, v in record.items() if k not in ("step", "total", "epoch")},
                                     step=int(record["step"]))
         thread.join()
