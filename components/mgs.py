@@ -103,9 +103,10 @@ def log_q(delta: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], sigmas: 
     dims = 0
     for d, g, s in zip(delta, grads, sigmas):
         scale = s if density == "proposal" else 1.0
-        d64, g64 = d.double(), g.double()
-        guided_sq += float(((d64 + g64) / scale).square().sum())
-        noise_sq += float((d64 / scale).square().sum())
+        x = d.double().flatten()
+        noise_sq += float(torch.dot(x, x)) / scale ** 2
+        x += g.double().flatten()                                   # Δ + g, in place: one float64 copy
+        guided_sq += float(torch.dot(x, x)) / scale ** 2
         log_norm -= d.numel() * math.log(scale)
         dims += d.numel()
     log_norm -= 0.5 * dims * _LOG_2PI

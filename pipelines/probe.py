@@ -19,7 +19,6 @@ the same machinery as training recipes (`pipelines.recipe`).
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import math
@@ -31,7 +30,7 @@ from typing import Any
 
 import yaml
 
-from pipelines.recipe import RecipeError, _build, _merge, _Raw, _set_path, flatten, to_dict
+from pipelines.recipe import RecipeError, flatten, load_sections, to_dict
 
 TASKS = ("segment", "dependency", "constituency")
 TREE_FILE_SUFFIXES = (".mrg", ".tree", ".trees", ".ptb")
@@ -188,25 +187,7 @@ def load_probe_recipe(path: str | Path | None = None, overrides: list[str] | Non
                       data: dict | None = None) -> ProbeRecipe:
     """Read a probe recipe (YAML file or dict), apply `key=value` overrides, check it. Keys and
     types are checked by pipelines.recipe's builder, with the same messages as training recipes."""
-    raw: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise RecipeError(f"recipe file '{path}' does not exist")
-        try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as exc:
-            raise RecipeError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-        if not isinstance(raw, dict):
-            raise RecipeError(f"{path}: a recipe must be a mapping of sections")
-    if data:
-        raw = _merge(raw, copy.deepcopy(data))
-    for item in overrides or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise RecipeError(f"override '{item}' must look like section.key=value")
-        _set_path(raw, key.strip().split("."), _Raw(value))
-    recipe = _build(ProbeRecipe, raw, "")
+    recipe = load_sections(ProbeRecipe, path, overrides, data)
     check_probe_recipe(recipe)
     return recipe
 
@@ -608,20 +589,9 @@ def segmentation_report(units: list[list[str]], scores: list, gold: list[list[st
 def _log_mlflow(recipe: ProbeRecipe, workdir: Path, metrics: dict, report: dict) -> str:
     import mlflow
 
-    from pipelines.tracking import git_commit, tracking_uri
+    from pipelines.tracking import git_commit, use_experiment
 
-    explicit = os.environ.get("MLFLOW_TRACKING_URI")
-    workdir.mkdir(parents=True, exist_ok=True)
-    mlflow.set_tracking_uri(tracking_uri(workdir))
-    if explicit is None:
-        os.environ.pop("MLFLOW_TRACKING_URI", None)      # see pipelines.tracking: no leak into later runs
-    name = recipe.tracking.experiment
-    exp = mlflow.get_experiment_by_name(name)
-    if exp is None:
-        location = None if explicit else (workdir / "mlartifacts").resolve().as_uri()
-        exp_id = mlflow.create_experiment(name, artifact_location=location)
-    else:
-        exp_id = exp.experiment_id
+    exp_id = use_experiment(workdir, recipe.tracking.experiment)
     with mlflow.start_run(experiment_id=exp_id, run_name=recipe.tracking.run_name or recipe.name) as run:
         mlflow.log_params({k: ("" if v is None else str(v))[:500] for k, v in flatten(to_dict(recipe)).items()})
         tags = {"bert4ray.task": "probe"}

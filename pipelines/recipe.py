@@ -215,23 +215,7 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | None = No
                 data: dict | None = None) -> Recipe:
     """Read a YAML recipe (a file, `env:NAME` or a dict), apply `key=value` overrides, and return a
     checked Recipe."""
-    raw: dict = {}
-    if path is not None:
-        text, where = _read_source(path)
-        try:
-            raw = yaml.safe_load(text) or {}
-        except yaml.YAMLError as exc:
-            raise RecipeError(f"{where}: not valid YAML ({str(exc).splitlines()[0]})") from None
-        if not isinstance(raw, dict):
-            raise RecipeError(f"{where}: a recipe must be a mapping of sections")
-    if data:
-        raw = _merge(raw, copy.deepcopy(data))   # overrides must not touch the caller's dict
-    for item in overrides or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise RecipeError(f"override '{item}' must look like section.key=value")
-        _set_path(raw, key.strip().split("."), _Raw(value))
-    recipe = _build(Recipe, raw, "")
+    recipe = load_sections(Recipe, path, overrides, data)
     check_recipe(recipe)
     return recipe
 
@@ -456,3 +440,25 @@ def flatten(data: dict, prefix: str = "") -> dict[str, Any]:
 
 def dump_recipe(recipe: Recipe, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(to_dict(recipe), sort_keys=False, allow_unicode=True), encoding="utf-8")
+
+
+def load_sections(cls, path: str | Path | None = None, overrides: list[str] | None = None, data: dict | None = None):
+    """Any dataclass of sections (the `tune` and `mgs` recipes) from YAML, with `key=value`
+    overrides, checked like a training recipe: unknown keys named with the closest valid one."""
+    raw: dict = {}
+    if path is not None:
+        text, where = _read_source(path)
+        try:
+            raw = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            raise RecipeError(f"{where}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        if not isinstance(raw, dict):
+            raise RecipeError(f"{where}: a recipe must be a mapping of sections")
+    if data:
+        raw = _merge(raw, copy.deepcopy(data))
+    for item in overrides or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise RecipeError(f"override '{item}' must look like section.key=value")
+        _set_path(raw, key.strip().split("."), _Raw(value))
+    return _build(cls, raw, "")

@@ -34,6 +34,27 @@ def git_commit() -> str | None:
         return None
 
 
+def use_experiment(workdir: Path, name: str) -> str:
+    """Point MLflow at the workdir's store (or MLFLOW_TRACKING_URI) and return the id of experiment
+    `name`, created if missing. Call it in one process before any worker or trial could race to
+    create the same experiment."""
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    explicit = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(tracking_uri(workdir))
+    if explicit is None:
+        # set_tracking_uri also exports MLFLOW_TRACKING_URI: left there, the next run in this
+        # process (another workdir) would log into this one's database.
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    experiment = mlflow.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    # A server names its own artifact store; a local database keeps artifacts beside it
+    # (MLflow's default, ./mlruns of the current directory, is a temporary copy in a Ray job).
+    location = None if explicit else (workdir / "mlartifacts").resolve().as_uri()
+    return mlflow.create_experiment(name, artifact_location=location)
+
+
 class ModelDirectory(mlflow.pyfunc.PythonModel):
     """An exported bert4ray model directory as an MLflow pyfunc model: predict() maps texts to the
     task's output (class probabilities, else pooled vectors)."""
@@ -61,23 +82,7 @@ class Tracker:
         self.run_id: str | None = None
         if not self.enabled:
             return
-        workdir.mkdir(parents=True, exist_ok=True)
-        explicit = os.environ.get("MLFLOW_TRACKING_URI")
-        mlflow.set_tracking_uri(tracking_uri(workdir))
-        if explicit is None:
-            # set_tracking_uri also exports MLFLOW_TRACKING_URI: left there, the next run in this
-            # process (another workdir) would log into this one's database.
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        # Created here, in one process, before any worker or trial could race to create it.
-        name = recipe.tracking.experiment
-        experiment = mlflow.get_experiment_by_name(name)
-        if experiment is None:
-            # A server names its own artifact store; a local database keeps artifacts beside it
-            # (MLflow's default, ./mlruns of the current directory, is a temporary copy in a Ray job).
-            location = None if explicit else (workdir / "mlartifacts").resolve().as_uri()
-            self.experiment_id = mlflow.create_experiment(name, artifact_location=location)
-        else:
-            self.experiment_id = experiment.experiment_id
+        self.experiment_id = use_experiment(workdir, recipe.tracking.experiment)
 
     def start(self, run_name: str, resume_run_id: str | None = None, recipe_file: Path | None = None) -> None:
         if not self.enabled:

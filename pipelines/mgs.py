@@ -1,0 +1,412 @@
+"""`bert4ray mgs`: MGS fine-tuning of a generating model (SimBERT or dialogue LM) towards BLEU / F1,
+with the K candidates of every step evaluated in parallel on Ray actors.
+
+    from pipelines.mgs import load_mgs_recipe, run_mgs
+    result = run_mgs(load_mgs_recipe("pipelines/recipes/mgs-simbert.yaml", ["mgs.mixture=0"]))
+    result.model_dir, result.history          # best-on-dev model; per-step costs, weights, dev scores
+
+One step (components/mgs.py has the update itself):
+  1. a batch of training examples; C(θ) = 1 − metric of the current model's outputs (the recipe's
+     decoding, greedy by default);
+  2. the MLE gradient g of the references' cross-entropy, clipped to `optim.max_grad_norm`;
+  3. K candidates (seed, component); θ and g go once into the object store; every actor holds the
+     model once, regenerates each of its candidates' Δ from the seed, loads θ + Δ, decodes the
+     batch and returns (C(θ + Δ), log q(Δ));
+  4. the weights, the direction Σ w_k Δ_k (regenerated from the seeds on the driver), one AdamW step.
+The dev metric is measured at step 0 and every `eval_every` steps; the best model on dev is written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import resource
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from components.io import atomic_directory
+from components.mgs import (
+    Candidate,
+    MGSConfig,
+    as_tensors,
+    draw_candidates,
+    load_parameters,
+    log_q,
+    log_weights,
+    noise_scales,
+    perturbation,
+    update_direction,
+    weight_entropy,
+)
+from pipelines.objectives import METRICS, Example, GenerationSystem, read_examples, score
+from pipelines.recipe import RecipeError, flatten, load_sections, to_dict
+
+
+# --- recipe --------------------------------------------------------------------------------------
+@dataclass
+class MGSData:
+    train: str = ""
+    """Training examples (JSON Lines / Parquet): {"texts": [...]}, {"turns": [...]} or {"source", "target"}."""
+    dev: str | None = None
+    """Dev examples; None = hold out `dev_fraction` of `train` by a hash of each row's first sentence
+    (the split `bert4ray train` makes with the same seed and fraction)."""
+    dev_fraction: float = 0.1
+    max_train_rows: int = 0
+    max_dev_rows: int = 200
+    batch_size: int = 16
+    """Examples per step: the batch that C(θ), the gradient and every candidate are measured on."""
+    max_length: int = 64
+    """Tokens of source + output."""
+
+
+@dataclass
+class MGSOptim:
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    """Clips the MLE gradient before the proposals and the MGS direction before the step (0 = off)."""
+
+
+@dataclass
+class MGSParallel:
+    num_actors: int = 2
+    """Ray actors that evaluate candidates, each holding the model once (0 = sequentially in this process)."""
+    cpus_per_actor: float = 1.0
+    threads_per_actor: int = 1
+    max_restarts: int = 2
+    """A crashed actor is restarted by Ray and its candidates retried (evaluation is idempotent)."""
+
+
+@dataclass
+class MGSTracking:
+    enabled: bool = True
+    experiment: str = "bert4ray-mgs"
+    run_name: str | None = None
+
+
+@dataclass
+class MGSRecipe:
+    name: str = "mgs"
+    seed: int = 0
+    workdir: str = "bert4ray-runs"
+    model: str = ""
+    """The starting model directory (a simbert or dialog model, e.g. trained by MLE with `bert4ray train`)."""
+    metric: str = "bleu"
+    """The cost is 1 − metric: `bleu` (sacrebleu, zh tokenization) or `f1` (token-level)."""
+    steps: int = 50
+    eval_every: int = 10
+    decoding: dict[str, Any] = field(default_factory=lambda: {"strategy": "greedy", "max_new_tokens": 32})
+    """How outputs are produced, for the cost and for the dev metric (see DecodingConfig)."""
+    data: MGSData = field(default_factory=MGSData)
+    mgs: MGSConfig = field(default_factory=MGSConfig)
+    optim: MGSOptim = field(default_factory=MGSOptim)
+    parallel: MGSParallel = field(default_factory=MGSParallel)
+    tracking: MGSTracking = field(default_factory=MGSTracking)
+
+
+def load_mgs_recipe(path: str | Path | None = None, overrides: list[str] | None = None,
+                    data: dict | None = None) -> MGSRecipe:
+    recipe = load_sections(MGSRecipe, path, overrides, data)
+    check_mgs_recipe(recipe)
+    return recipe
+
+
+def check_mgs_recipe(recipe: MGSRecipe) -> None:
+    from components.decoding import DecodingConfig
+    if not recipe.model:
+        raise RecipeError("recipe key 'model' must name a model directory")
+    if not recipe.data.train:
+        raise RecipeError("recipe key 'data.train' must name a file of training examples")
+    if recipe.metric not in METRICS:
+        raise RecipeError(f"recipe key 'metric' has value {recipe.metric!r}; valid: {', '.join(METRICS)}")
+    for key, value, low in (("steps", recipe.steps, 1), ("eval_every", recipe.eval_every, 1),
+                            ("data.batch_size", recipe.data.batch_size, 1), ("data.max_length", recipe.data.max_length, 8),
+                            ("parallel.num_actors", recipe.parallel.num_actors, 0),
+                            ("parallel.threads_per_actor", recipe.parallel.threads_per_actor, 1)):
+        if value < low:
+            raise RecipeError(f"recipe key '{key}' must be >= {low}, got {value!r}")
+    if not 0.0 < recipe.data.dev_fraction < 1.0:
+        raise RecipeError("recipe key 'data.dev_fraction' must be in (0, 1)")
+    if not recipe.optim.lr > 0:
+        raise RecipeError(f"recipe key 'optim.lr' must be > 0, got {recipe.optim.lr!r}")
+    try:
+        recipe.mgs.check()
+    except ValueError as exc:
+        raise RecipeError(f"recipe section 'mgs': {exc}") from None
+    try:
+        DecodingConfig.from_dict(recipe.decoding)
+    except (ValueError, TypeError) as exc:
+        raise RecipeError(f"recipe section 'decoding': {exc}") from None
+
+
+# --- data ----------------------------------------------------------------------------------------
+def split_examples(recipe: MGSRecipe) -> tuple[list[Example], list[Example]]:
+    """(train, dev) examples: the dev file, or the hash split of the training file."""
+    from pipelines.data import split_key
+    d = recipe.data
+    examples = read_examples(d.train)
+    if d.dev:
+        train, dev = examples, read_examples(d.dev)
+    else:
+        held = [split_key(e.source[0], recipe.seed) < d.dev_fraction for e in examples]
+        train = [e for e, h in zip(examples, held) if not h]
+        dev = [e for e, h in zip(examples, held) if h]
+    if d.max_train_rows:
+        train = train[:d.max_train_rows]
+    if d.max_dev_rows:
+        dev = dev[:d.max_dev_rows]
+    if not train or not dev:
+        raise ValueError(f"need training and dev examples, got {len(train)} and {len(dev)} from '{d.train}'")
+    return train, dev
+
+
+# --- candidate evaluation ------------------------------------------------------------------------
+class CandidateWorker:
+    """Holds one model and evaluates candidates θ + Δ_k, each Δ_k regenerated from its seed. Runs
+    as a Ray actor, or in the driver's process on the driver's own model (sequential mode)."""
+
+    def __init__(self, model_dir: str | None = None, max_length: int = 64, threads: int | None = None,
+                 system: GenerationSystem | None = None):
+        if threads:
+            torch.set_num_threads(threads)
+        self.system = system or GenerationSystem.from_pretrained(model_dir, max_length)
+        self.params = list(self.system.model.parameters())
+
+    def evaluate(self, theta: list, grads: list, sigmas: list[float], candidates: list[Candidate],
+                 examples: list[Example], metric: str, decoding: dict, mixture: float, density: str
+                 ) -> list[tuple[float, float]]:
+        """[(C(θ + Δ_k), log q(Δ_k))] per candidate; the model is left at θ."""
+        g = as_tensors(grads)
+        refs = [e.references for e in examples]
+        out = []
+        try:
+            for cand in candidates:
+                delta = perturbation(g, sigmas, cand)
+                load_parameters(self.params, theta, delta)
+                hyps = self.system.decode(examples, decoding)
+                out.append((1.0 - score(metric, hyps, refs), log_q(delta, g, sigmas, mixture, density)))
+        finally:
+            load_parameters(self.params, theta)
+        return out
+
+    def peak_rss_mb(self) -> float:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+class Evaluators:
+    """The K candidates of a step spread over the actors (or run in-process), results in order."""
+
+    def __init__(self, recipe: MGSRecipe, system: GenerationSystem):
+        self.recipe, self.actors = recipe, []
+        p = recipe.parallel
+        if p.num_actors == 0:
+            self.local = CandidateWorker(system=system)
+            return
+        import ray
+
+        from pipelines.train import init_ray
+        init_ray()
+        remote = ray.remote(num_cpus=p.cpus_per_actor, max_restarts=p.max_restarts,
+                            max_task_retries=p.max_restarts)(CandidateWorker)
+        model_dir = str(Path(recipe.model).resolve())
+        self.actors = [remote.remote(model_dir, recipe.data.max_length, p.threads_per_actor)
+                       for _ in range(p.num_actors)]
+
+    def evaluate(self, params: list[torch.nn.Parameter], grads: list[torch.Tensor], sigmas: list[float],
+                 candidates: list[Candidate], examples: list[Example]) -> list[tuple[float, float]]:
+        r, cfg = self.recipe, self.recipe.mgs
+        args = (examples, r.metric, r.decoding, cfg.mixture, cfg.density)
+        if not self.actors:
+            theta = [p.detach().clone() for p in params]
+            return self.local.evaluate(theta, grads, sigmas, candidates, *args)
+        import ray
+        # θ and g enter the object store once per step; every actor reads them from shared memory.
+        theta_ref = ray.put([p.detach().numpy() for p in params])
+        grads_ref = ray.put([g.detach().numpy() for g in grads])
+        shares = [candidates[i::len(self.actors)] for i in range(len(self.actors))]
+        futures = [a.evaluate.remote(theta_ref, grads_ref, sigmas, share, *args)
+                   for a, share in zip(self.actors, shares) if share]
+        results = ray.get(futures)
+        out: list[tuple[float, float] | None] = [None] * len(candidates)
+        for i, res in enumerate(results):
+            for j, value in enumerate(res):
+                out[i + j * len(self.actors)] = value
+        return out
+
+    def close(self) -> None:
+        import ray
+        for a in self.actors:
+            ray.kill(a)
+        self.actors = []
+
+
+# --- the run -------------------------------------------------------------------------------------
+@dataclass
+class MGSResult:
+    model_dir: Path
+    """The best model on dev (the starting model's weights if no step improved it)."""
+    output_dir: Path
+    history: list[dict]
+    dev_start: float
+    dev_best: float
+    dev_final: float
+    mlflow_run_id: str | None = None
+
+
+def _clip_(tensors: list[torch.Tensor], max_norm: float) -> float:
+    norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t) for t in tensors])))
+    if max_norm > 0 and norm > max_norm:
+        for t in tensors:
+            t.mul_(max_norm / (norm + 1e-6))
+    return norm
+
+
+def _save(system: GenerationSystem, target: Path, extra: dict) -> None:
+    with atomic_directory(target) as tmp:
+        system.model.save_pretrained(tmp, metadata={"vocab_file": str(system.tokenizer.vocab_file),
+                                                    "task": system.task, **extra})
+        system.tokenizer.save_pretrained(tmp)
+
+
+def run_mgs(recipe: MGSRecipe, progress: bool = True, output: str | Path | None = None) -> MGSResult:
+    torch.manual_seed(recipe.seed)
+    workdir = Path(recipe.workdir).expanduser().resolve()
+    run_id = f"{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    out_dir = Path(output) if output else workdir / "mgs" / run_id
+    if not Path(recipe.model).is_dir():
+        raise FileNotFoundError(f"model '{recipe.model}' is not a directory")
+    train, dev = split_examples(recipe)
+    system = GenerationSystem.from_pretrained(recipe.model, recipe.data.max_length)
+    model, cfg = system.model, recipe.mgs
+    params = list(model.parameters())
+    opt = torch.optim.AdamW(params, lr=recipe.optim.lr, weight_decay=recipe.optim.weight_decay)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "recipe.yaml").write_text(_yaml(recipe), encoding="utf-8")
+
+    run = _MlflowRun(recipe, workdir, run_id)
+    evaluators = Evaluators(recipe, system)
+    rng = random.Random(recipe.seed)
+    history: list[dict] = []
+    try:
+        model.eval()              # dropout off: the cost, the gradient and the candidates see one model
+        dev_start = best = system.evaluate(dev, recipe.metric, recipe.decoding)
+        _save(system, out_dir / "model", {"mgs": {"step": 0, f"dev_{recipe.metric}": best}})
+        history.append({"step": 0, f"dev_{recipe.metric}": best})
+        run.log({f"dev_{recipe.metric}": best}, 0)
+        _say(progress, f"step 0/{recipe.steps}  dev {recipe.metric} {best:.4f}  ({len(train)} train, {len(dev)} dev)")
+        dev_final = best
+        for step in range(1, recipe.steps + 1):
+            t0 = time.perf_counter()
+            batch = rng.sample(train, min(recipe.data.batch_size, len(train)))
+            refs = [e.references for e in batch]
+            with torch.no_grad():
+                cost = 1.0 - score(recipe.metric, system.decode(batch, recipe.decoding), refs)
+            loss, grads = system.mle_gradient(batch)
+            grad_norm = _clip_(grads, recipe.optim.max_grad_norm)
+            sigmas = noise_scales(grads, cfg.noise_scale)
+            candidates = draw_candidates(cfg, recipe.seed * 1_000_003 + step)
+            results = evaluators.evaluate(params, grads, sigmas, candidates, batch)
+            costs, lqs = [c for c, _ in results], [q for _, q in results]
+            log_w = log_weights(cost, costs, lqs, cfg.beta)
+            direction = update_direction(log_w, grads, sigmas, candidates)
+            opt.zero_grad(set_to_none=True)
+            for p, d in zip(params, direction):
+                p.grad = -d
+            update_norm = _clip_([p.grad for p in params], recipe.optim.max_grad_norm)
+            opt.step()
+            best_k = int(torch.argmax(log_w))
+            record = {"step": step, "cost": cost, "mle_loss": loss, "grad_norm": grad_norm,
+                      "update_norm": update_norm, "weight_entropy": weight_entropy(log_w),
+                      "candidate_cost_min": min(costs), "candidate_cost_mean": sum(costs) / len(costs),
+                      "top_weight": float(log_w.exp().max()), "top_guided": float(candidates[best_k].guided),
+                      "seconds": time.perf_counter() - t0}
+            if step % recipe.eval_every == 0 or step == recipe.steps:
+                dev_final = system.evaluate(dev, recipe.metric, recipe.decoding)
+                record[f"dev_{recipe.metric}"] = dev_final
+                if dev_final > best:
+                    best = dev_final
+                    _save(system, out_dir / "model", {"mgs": {"step": step, f"dev_{recipe.metric}": best}})
+            history.append(record)
+            run.log({k: v for k, v in record.items() if k != "step"}, step)
+            _say(progress, _line(record, recipe))
+        summary = {f"dev_{recipe.metric}_start": dev_start, f"dev_{recipe.metric}_best": best,
+                   f"dev_{recipe.metric}_final": dev_final}
+        (out_dir / "history.json").write_text(json.dumps({"summary": summary, "history": history}, indent=1))
+        run.finish(summary, out_dir)
+    except BaseException as exc:
+        run.fail(exc)
+        raise
+    finally:
+        if evaluators.actors:
+            evaluators.close()
+    return MGSResult(out_dir / "model", out_dir, history, dev_start, best, dev_final, run.run_id)
+
+
+def _yaml(recipe: MGSRecipe) -> str:
+    import yaml
+    return yaml.safe_dump(to_dict(recipe), sort_keys=False, allow_unicode=True)
+
+
+def _say(enabled: bool, text: str) -> None:
+    if enabled:
+        print(text, flush=True)
+
+
+def _line(record: dict, recipe: MGSRecipe) -> str:
+    text = (f"step {record['step']}/{recipe.steps}  cost {record['cost']:.4f}  "
+            f"candidates min {record['candidate_cost_min']:.4f} mean {record['candidate_cost_mean']:.4f}  "
+            f"weight entropy {record['weight_entropy']:.3f}  mle {record['mle_loss']:.3f}  {record['seconds']:.1f}s")
+    key = f"dev_{recipe.metric}"
+    return text + (f"  dev {recipe.metric} {record[key]:.4f}" if key in record else "")
+
+
+class _MlflowRun:
+    """One MLflow run per MGS run: the recipe as params, per-step metrics, history and model as artifacts."""
+
+    def __init__(self, recipe: MGSRecipe, workdir: Path, run_id: str):
+        self.run_id = None
+        if not recipe.tracking.enabled:
+            return
+        import mlflow
+
+        from pipelines.tracking import git_commit, use_experiment
+        experiment = use_experiment(workdir, recipe.tracking.experiment)
+        run = mlflow.start_run(experiment_id=experiment, run_name=recipe.tracking.run_name or run_id)
+        self.run_id = run.info.run_id
+        mlflow.log_params({k: ("" if v is None else str(v))[:500] for k, v in flatten(to_dict(recipe)).items()})
+        tags = {"bert4ray.command": "mgs", "bert4ray.run_id": run_id}
+        commit = git_commit()
+        if commit:
+            tags["mlflow.source.git.commit"] = commit
+        mlflow.set_tags(tags)
+
+    def log(self, metrics: dict, step: int) -> None:
+        if self.run_id:
+            import mlflow
+            mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+
+    def finish(self, summary: dict, out_dir: Path) -> None:
+        if self.run_id:
+            import mlflow
+            mlflow.log_metrics(summary)
+            mlflow.log_artifact(str(out_dir / "history.json"))
+            mlflow.log_artifact(str(out_dir / "recipe.yaml"))
+            mlflow.log_artifacts(str(out_dir / "model"), artifact_path="model")
+            mlflow.end_run(status="FINISHED")
+
+    def fail(self, exc: BaseException) -> None:
+        if self.run_id:
+            import mlflow
+            try:
+                mlflow.set_tag("bert4ray.error", f"{type(exc).__name__}: {exc}"[:5000])
+            finally:
+                mlflow.end_run(status="FAILED")
+
