@@ -104,8 +104,8 @@ def main() -> None:
     p.add_argument("--hidden", type=int, default=64)
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--layer", type=int, default=-1)
-    p.add_argument("--per-bucket", type=int, nargs=3, default=[64, 16, 4], metavar=("SHORT", "MID", "LONG"))
-    p.add_argument("--budget", type=int, default=8192, help="bert4ray's tokens per forward pass")
+    p.add_argument("--per-bucket", type=int, nargs=3, default=[64, 32, 4], metavar=("SHORT", "MID", "LONG"))
+    p.add_argument("--budget", type=int, default=4096, help="bert4ray's tokens per forward pass")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
 

@@ -88,7 +88,7 @@ class ProbeSection:
     """`mart`, `seed`, `right_branching` or `left_branching`."""
     ignore_punct: bool = False
     """Leave UPOS PUNCT words out of UAS/UUAS."""
-    token_budget: int = 8192
+    token_budget: int = 4096
     """Tokens per forward pass (rows x padded length)."""
 
 

@@ -24,7 +24,7 @@ DEFAULTS = {"layer": -1, "distance": "euclidean", "subword": "first", "threshold
 
 
 class Parser:
-    def __init__(self, model_dir: str | Path, token_budget: int = 8192):
+    def __init__(self, model_dir: str | Path, token_budget: int = 4096):
         self.model_dir = Path(model_dir)
         self.settings = {**DEFAULTS, **(read_bert4ray_json(self.model_dir).get("perturbed_masking") or {})}
         s = self.settings

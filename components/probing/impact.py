@@ -61,7 +61,7 @@ class ImpactOptions:
     """How a multi-token unit's distance is taken: at its `first` token, `avg` or `max` over them."""
     pairs: str = "all"
     """`all`: the full matrix; `adjacent`: only F[k][k+1] and F[k+1][k] (segmentation)."""
-    token_budget: int = 8192
+    token_budget: int = 4096
     """Tokens (rows x padded length) per forward pass."""
 
     def check(self, num_layers: int | None = None) -> None:
@@ -122,11 +122,13 @@ def encode_units(tokenizer, units: list[str], max_length: int | None = None) -> 
 
 def pack_batches(lengths: list[int], token_budget: int) -> list[list[int]]:
     """Indices of copies grouped into batches, longest first, each with rows x max length within
-    the budget (a copy longer than the budget gets a batch of its own)."""
+    the budget (a copy longer than the budget gets a batch of its own). A batch holds one length
+    only: without padding there is no attention mask, and PyTorch's fused CPU attention runs
+    (with a mask it falls back to a slower path that costs more than the extra passes)."""
     order = sorted(range(len(lengths)), key=lambda k: -lengths[k])
     batches, current, width = [], [], 0
     for k in order:
-        if current and (len(current) + 1) * width > token_budget:
+        if current and ((len(current) + 1) * width > token_budget or lengths[k] != width):
             batches.append(current)
             current, width = [], 0
         width = max(width, lengths[k])
