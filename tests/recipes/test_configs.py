@@ -4,18 +4,19 @@ from pathlib import Path
 
 import pytest
 
+from pipelines.mgs import load_mgs_recipe
 from pipelines.probe import load_probe_recipe
 from pipelines.recipe import load_recipe, to_dict
 
 RECIPES = sorted((Path(__file__).resolve().parents[2] / "pipelines" / "recipes").glob("*.yaml"))
 # The command a recipe's header names decides which recipe type it is.
-LOADERS = {"train": load_recipe, "probe": load_probe_recipe}
+LOADERS = {"train": load_recipe, "probe": load_probe_recipe, "mgs": load_mgs_recipe}
 
 
 def command_of(path: Path) -> str:
     head = path.read_text(encoding="utf-8").splitlines()[:6]
     found = [cmd for cmd in LOADERS if any(f"bert4ray {cmd} pipelines/recipes/{path.name}" in line for line in head)]
-    assert len(found) == 1, f"{path.name}: the header must give `bert4ray <train|probe> pipelines/recipes/{path.name}`"
+    assert len(found) == 1, f"{path.name}: the header must give `bert4ray <{'|'.join(LOADERS)}> pipelines/recipes/{path.name}`"
     return found[0]
 
 
