@@ -30,6 +30,7 @@ COMMANDS: dict[str, str] = {
     "jobs": "pipelines.commands.jobs",
     "chat": "pipelines.commands.chat",
     "probe": "pipelines.commands.probe",
+    "tune": "pipelines.commands.tune",
     "mgs": "pipelines.commands.mgs",
 }
 

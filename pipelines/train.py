@@ -133,7 +133,8 @@ def _model_config(recipe: Recipe, vocab_size: int, task, sep_id: int | None = No
 
 def run_training(recipe: Recipe, output: str | Path | None = None, resume: bool = False,
                  progress: bool = True, recipe_path: str | Path | None = None,
-                 on_record: Callable[[dict], None] | None = None) -> TrainingResult:
+                 on_record: Callable[[dict], None] | None = None,
+                 should_stop: Callable[[], bool] | None = None) -> TrainingResult:
     """Train the recipe on Ray Train and export the final model directory.
 
     output: where the model directory goes (default `<workdir>/runs/<run id>/model`).
@@ -141,6 +142,9 @@ def run_training(recipe: Recipe, output: str | Path | None = None, resume: bool 
     on_record: called in this thread with every progress record as it arrives (step metrics
         `{"step", "total", "epoch", "loss", ...}` and evaluations `{"step", "total", "eval_...": ...}`),
         e.g. to report intermediate evaluations to Ray Tune (`bert4ray tune`).
+    should_stop: a picklable callable that the rank-0 worker asks at every logging / evaluation
+        step; True ends the run there as `checkpoint.stop_after` does (model_dir None, MLflow run
+        KILLED). `bert4ray tune` stops trials that ASHA gives up on this way.
     """
     import ray
     import ray.train
@@ -206,7 +210,7 @@ def run_training(recipe: Recipe, output: str | Path | None = None, resume: bool 
         loop_config = {"recipe": recipe, "task": task, "model_config": dataclasses.asdict(model_cfg),
                        "vocab_text": vocab_text, "steps_per_epoch": steps_per_epoch, "total_steps": total,
                        "progress": queue, "metadata": {"run_id": run_id, "labels": task.meta.get("labels")},
-                       "has_validation": "validation" in datasets}
+                       "has_validation": "validation" in datasets, "should_stop": should_stop}
         s = recipe.scaling
         trainer = TorchTrainer(
             train_loop, train_loop_config=loop_config, datasets=datasets,

@@ -92,7 +92,10 @@ def _to_device(batch: dict, device) -> dict:
 
 def train_loop(config: dict) -> None:
     """Ray Train entry point. config: recipe, task, model_config, vocab_text, steps_per_epoch,
-    total_steps, progress (a ray.util.queue.Queue or None)."""
+    total_steps, progress (a ray.util.queue.Queue or None), should_stop (None, or a picklable
+    callable that rank 0 asks at every logging / evaluation step: True ends the run there with a
+    checkpoint and no export, as `checkpoint.stop_after` does; how `bert4ray tune` ends a trial
+    that ASHA stops without killing its Train run)."""
     import deepspeed
     import ray.train
     import torch.distributed as dist
@@ -131,6 +134,7 @@ def train_loop(config: dict) -> None:
     ga, log_every = recipe.optim.grad_accum, recipe.schedule.log_every
     micro_per_epoch = steps_per_epoch * ga
     queue = config.get("progress")
+    should_stop = config.get("should_stop")
     window: dict[str, float] = {}
     window_micro, tokens, t0 = 0, 0, time.perf_counter()
     train_shard = ray.train.get_dataset_shard("train")
@@ -221,6 +225,14 @@ def train_loop(config: dict) -> None:
             if recipe.checkpoint.stop_after and step == recipe.checkpoint.stop_after and step < total:
                 save_and_report({"step": step, "stopped": 1, **last_metrics}, final=False)
                 return
+            if should_stop is not None and step < total and (
+                    step % log_every == 0 or (recipe.schedule.eval_every and step % recipe.schedule.eval_every == 0)):
+                flag = torch.tensor([1.0 if rank == 0 and should_stop() else 0.0])
+                if world > 1:
+                    dist.all_reduce(flag)        # every rank stops at the same step
+                if flag.item() > 0:
+                    save_and_report({"step": step, "stopped": 1, **last_metrics}, final=False)
+                    return
             if step >= total:
                 break
         if step >= total:

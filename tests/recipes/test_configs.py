@@ -7,10 +7,11 @@ import pytest
 from pipelines.mgs import load_mgs_recipe
 from pipelines.probe import load_probe_recipe
 from pipelines.recipe import load_recipe, to_dict
+from pipelines.tune_recipe import load_tune_recipe
 
 RECIPES = sorted((Path(__file__).resolve().parents[2] / "pipelines" / "recipes").glob("*.yaml"))
 # The command a recipe's header names decides which recipe type it is.
-LOADERS = {"train": load_recipe, "probe": load_probe_recipe, "mgs": load_mgs_recipe}
+LOADERS = {"train": load_recipe, "probe": load_probe_recipe, "mgs": load_mgs_recipe, "tune": load_tune_recipe}
 
 
 def command_of(path: Path) -> str:
