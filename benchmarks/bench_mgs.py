@@ -31,7 +31,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from benchmarks.common import current_rss_mb  # noqa: E402
+from benchmarks.common import (
+    current_rss_mb,  # noqa: E402
+    write_cjk_vocab,  # noqa: E402
+)
 from components.config import ModelConfig  # noqa: E402
 from components.mgs import MGSConfig, draw_candidates, noise_scales  # noqa: E402
 from components.model import Transformer  # noqa: E402
@@ -40,11 +43,7 @@ from pipelines.objectives import Example, GenerationSystem  # noqa: E402
 
 
 def random_model_dir(tmp: str, layers: int, hidden: int) -> str:
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    chars = [chr(c) for c in range(0x4E00, 0x4E00 + 21128 - len(specials))]
-    vocab = os.path.join(tmp, "vocab.txt")
-    with open(vocab, "w", encoding="utf-8") as fh:
-        fh.write("\n".join(specials + chars) + "\n")
+    vocab = write_cjk_vocab(tmp)
     torch.manual_seed(0)
     cfg = ModelConfig(vocab_size=21128, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4,
                       intermediate_size=4 * hidden, max_position_embeddings=128, hidden_dropout_prob=0.0,

@@ -31,6 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from benchmarks.common import write_cjk_vocab  # noqa: E402
 from components.config import ModelConfig  # noqa: E402
 from components.decoding.filters import filter_logits  # noqa: E402
 from components.model import Transformer  # noqa: E402
@@ -39,11 +40,7 @@ from components.tokenizer import Tokenizer  # noqa: E402
 
 
 def random_simbert(tmp: str, layers: int, hidden: int) -> SimBERT:
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    chars = [chr(c) for c in range(0x4E00, 0x4E00 + 21128 - len(specials))]
-    vocab = os.path.join(tmp, "vocab.txt")
-    with open(vocab, "w", encoding="utf-8") as fh:
-        fh.write("\n".join(specials + chars) + "\n")
+    vocab = write_cjk_vocab(tmp)
     torch.manual_seed(0)
     tok = Tokenizer(vocab)
     cfg = ModelConfig(vocab_size=tok.vocab_size, hidden_size=hidden, num_hidden_layers=layers,

@@ -39,3 +39,14 @@ def run_isolated(script: str, args: list[str]) -> dict:
     if out.returncode != 0:
         return {"error": (out.stderr.strip().splitlines() or ["failed"])[-1]}
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def write_cjk_vocab(directory: str, size: int = 21128) -> str:
+    """A BERT vocabulary of `size` tokens (the specials, then CJK characters from U+4E00, the size of
+    bert-base-chinese's) written to directory/vocab.txt; returns its path."""
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    chars = [chr(c) for c in range(0x4E00, 0x4E00 + size - len(specials))]
+    path = os.path.join(directory, "vocab.txt")
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write("\n".join(specials + chars) + "\n")
+    return path
