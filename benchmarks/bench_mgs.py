@@ -31,10 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from benchmarks.common import (
-    current_rss_mb,  # noqa: E402
-    write_cjk_vocab,  # noqa: E402
-)
+from benchmarks.common import current_rss_mb, write_cjk_vocab  # noqa: E402
 from components.config import ModelConfig  # noqa: E402
 from components.mgs import MGSConfig, draw_candidates, noise_scales  # noqa: E402
 from components.model import Transformer  # noqa: E402
