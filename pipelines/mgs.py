@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import resource
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -193,9 +192,6 @@ class CandidateWorker:
         finally:
             load_parameters(self.params, theta)
         return out
-
-    def peak_rss_mb(self) -> float:
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
     def pid(self) -> int:
         return os.getpid()
