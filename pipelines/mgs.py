@@ -258,7 +258,8 @@ class MGSResult:
 
 
 def _clip_(tensors: list[torch.Tensor], max_norm: float) -> float:
-    norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t) for t in tensors])))
+    """clip_grad_norm_'s rule for plain tensors (the MLE gradient is not held in .grad); 0 = off."""
+    norm = float(torch.nn.utils.get_total_norm(tensors))
     if max_norm > 0 and norm > max_norm:
         for t in tensors:
             t.mul_(max_norm / (norm + 1e-6))
