@@ -3,10 +3,12 @@
 
     .venv/bin/python benchmarks/bench_generate.py                    # all three parts
     .venv/bin/python benchmarks/bench_generate.py --part hf --repeats 5
+    .venv/bin/python benchmarks/bench_generate.py --part cache --layers 12 --hidden 768 --heads 12 --batches 1
 
-One randomly initialised BERT (4 layers, hidden 256, 4 heads, FFN 1024, vocab 21128, 512 positions),
-built as a `transformers.BertLMHeadModel(is_decoder=True)`, saved with `save_pretrained` and loaded
-by bert4ray, so both libraries hold the same weights. Sources are 32 random token ids (no padding).
+One randomly initialised BERT (by default 4 layers, hidden 256, 4 heads, FFN 1024, vocab 21128, 512
+positions; the third command above is the shape of bert-base / SimBERT), built as a
+`transformers.BertLMHeadModel(is_decoder=True)`, saved with `save_pretrained` and loaded by
+bert4ray, so both libraries hold the same weights. Sources are 32 random token ids (no padding).
 The length is forced (`min_new_tokens = max_new_tokens`, so EOS can never win) and every output is
 exactly N tokens: both sides do the same number of model calls. Competitors are timed alternately
 (median of `--repeats`) so that load on the machine hits both alike.
@@ -113,7 +115,7 @@ def part_cache(ours, args) -> None:
     print(f"{'batch':>5} {'new':>5} {'cached s':>10} {'recompute-last s':>17} {'recompute-anchor s':>19}"
           f" {'cached tok/s':>13} {'vs last':>8} {'vs anchor':>10}")
     for new in (32, 128):
-        for batch in (1, 16):
+        for batch in args.batches:
             src = sources(batch, args.src_len, args.vocab, seed=batch)
             fns = {"cached": lambda s=src, n=new: cached_greedy(ours, s, n),
                    "last": lambda s=src, n=new: recompute_greedy(ours, s, n, "last"),
@@ -143,7 +145,7 @@ def part_hf(ours, hf, args) -> None:
     print(f"{'batch':>5} {'new':>5} {'bert4ray s':>11} {'transformers s':>15} {'bert4ray tok/s':>15}"
           f" {'transformers tok/s':>19} {'ratio':>7}")
     for new in (32, 128):
-        for batch in (1, 16):
+        for batch in args.batches:
             src = sources(batch, args.src_len, args.vocab, seed=100 + batch)
             fns = {"bert4ray": lambda s=src, n=new: cached_greedy(ours, s, n, "causal"),
                    "transformers": lambda s=src, n=new: hf_greedy(hf, s, n)}
@@ -200,6 +202,8 @@ def main() -> None:
     p.add_argument("--samples", type=int, default=32)
     p.add_argument("--sample-tokens", type=int, default=32, help="new tokens per sample in part 3")
     p.add_argument("--top-k", type=int, default=5, help="SimBERT's gen_synonyms samples with top-k 5")
+    p.add_argument("--batches", type=lambda s: [int(b) for b in s.split(",")], default=[1, 16],
+                   help="batch sizes of parts 1 and 2, comma-separated")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")

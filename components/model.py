@@ -114,12 +114,15 @@ class Block(nn.Module):
         return x, new_cache
 
     def _softmax(self, q, k, v, ctx, layer_cache):
+        new_cache = None
         if ctx.incremental:
-            k = torch.cat([layer_cache.k, k], dim=2)                          # (B, nh, P+T, hs)
-            v = torch.cat([layer_cache.v, v], dim=2)
+            new_cache = layer_cache.append(k, v)
+            k, v = new_cache.k, new_cache.v                                    # (B, nh, P+T, hs)
+        elif ctx.use_cache:
+            new_cache = LayerCache(k=k, v=v)
         p = self.attn_dropout if self.training else 0.0
         y = softmax_attention(q, k, v, ctx.allowed, dropout_p=p, is_causal=ctx.is_causal)
-        return y, (LayerCache(k=k, v=v) if ctx.use_cache else None)
+        return y, new_cache
 
     def _linear(self, q, k, v, ctx, layer_cache):
         state = None

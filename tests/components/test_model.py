@@ -176,6 +176,41 @@ def test_cache_accepts_several_new_tokens_at_once(make_model):
         assert torch.allclose(step, full, atol=1e-5)
 
 
+def test_cache_buffers_are_copy_on_write_and_grow(make_model):
+    """Keys and values are written in place into buffers with room to grow. Appending twice to the
+    same cache state (two branches), reordering rows mid-way and outgrowing the buffer must all
+    leave every cache object meaning exactly its own sequence."""
+    model = make_model()
+    src = torch.tensor([[2, 10, 11, 3], [2, 20, 21, 3]])
+    g = torch.Generator().manual_seed(1)
+    steps = 60                                               # beyond the first buffer's capacity
+    a_tokens = torch.randint(5, 200, (2, steps), generator=g)
+    b_tokens = torch.randint(5, 200, (2, steps), generator=g)
+
+    def reference(prefix_rows, tokens, t):
+        full = torch.cat([src[prefix_rows], tokens[:, :t + 1]], 1)
+        seg = torch.cat([torch.zeros_like(src[prefix_rows]), torch.ones_like(tokens[:, :t + 1])], 1)
+        return model(full, seg, mask_mode="unilm").logits[:, -1]
+
+    b_tokens[:, 0] = a_tokens[:, 0]                          # both branches share the first step
+    one = torch.ones(2, 1, dtype=torch.long)
+    with torch.no_grad():
+        root = model(src, mask_mode="unilm", use_cache=True).cache
+        root = model(a_tokens[:, :1], one, cache=root).cache
+        a, b, a_rows = root, root, torch.tensor([0, 1])     # a_rows: the source of each row of a
+        for t in range(1, steps):
+            a_out = model(a_tokens[:, t:t + 1], one, cache=a)
+            b_out = model(b_tokens[:, t:t + 1], one, cache=b)   # the same states: b copies first
+            a, b = a_out.cache, b_out.cache
+            assert torch.allclose(a_out.logits[:, -1], reference(a_rows, a_tokens, t), atol=1e-4)
+            assert torch.allclose(b_out.logits[:, -1], reference(torch.tensor([0, 1]), b_tokens, t), atol=1e-4)
+            if t == 20:                                      # reorder the rows of branch a mid-way
+                flip = torch.tensor([1, 0])
+                a, a_rows, a_tokens = a.select(flip), a_rows[flip], a_tokens[flip]
+        assert a.layers[0].k.shape[2] == src.shape[1] + steps
+        assert a.layers[0].k_buf.shape[2] > 2 * (src.shape[1] + 1) + 32      # it grew at least once
+
+
 def test_bad_inputs_fail_with_clear_messages(tmp_path, make_model):
     model = make_model()
     ids = torch.tensor([[2, 10, 3]])
