@@ -60,10 +60,11 @@ class GeneratorDeployment:
         return {"id": g.name, "fingerprint": g.fingerprint, "kind": "simbert-generator"}
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
-    async def _similar(self, items: list[dict]) -> list[list[dict]]:
+    async def _similar(self, items: list[dict]) -> list[list[dict] | dict]:
         return self.generator.similar_many(items)
 
-    async def similar(self, item: dict) -> list[dict]:
+    async def similar(self, item: dict) -> list[dict] | dict:
+        """The candidates, or {"error": message} when the decoder rejects the settings."""
         return await self._similar(item)
 
 

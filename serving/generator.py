@@ -18,18 +18,25 @@ class Generator:
     def name(self) -> str:
         return self.model_dir.name
 
-    def similar_many(self, items: list[dict]) -> list[list[dict]]:
+    def similar_many(self, items: list[dict]) -> list[list[dict] | dict]:
         """items: {"text", "n", "k", "decoding": {...}}. Requests with the same decoding settings and
-        n are decoded together in one batched, cached call (each source encoded once)."""
+        n are decoded together in one batched, cached call (each source encoded once). A group whose
+        settings the decoder rejects answers {"error": message} for each of its requests and leaves
+        the other groups of the batch unharmed."""
         groups: dict[str, list[int]] = {}
         for i, item in enumerate(items):
             key = repr((item["n"], sorted(item["decoding"].items())))
             groups.setdefault(key, []).append(i)
-        out: list[list[dict]] = [[] for _ in items]
+        out: list[list[dict] | dict] = [[] for _ in items]
         for rows in groups.values():
             first = items[rows[0]]
-            results = self.simbert.similar_many([items[i]["text"] for i in rows], n=first["n"],
-                                                k=max(items[i]["k"] for i in rows), decoding=first["decoding"])
+            try:
+                results = self.simbert.similar_many([items[i]["text"] for i in rows], n=first["n"],
+                                                    k=max(items[i]["k"] for i in rows), decoding=first["decoding"])
+            except ValueError as exc:
+                for i in rows:
+                    out[i] = {"error": str(exc)}
+                continue
             for i, cands in zip(rows, results):
                 out[i] = [{"text": t, "score": s} for t, s in cands[:items[i]["k"]]]
         return out

@@ -125,10 +125,15 @@ class Ingress:
         steps = req.decoding.max_new_tokens or self.limits.max_new_tokens
         _limit(steps <= self.limits.max_new_tokens,
                f"decoding.max_new_tokens={steps} exceeds the limit of {self.limits.max_new_tokens}")
+        _limit(req.decoding.min_new_tokens <= steps,
+               f"decoding.min_new_tokens={req.decoding.min_new_tokens} exceeds max_new_tokens={steps}")
         item = req.model_dump()
         item["decoding"]["max_new_tokens"] = steps
         handle = self._handle("generator", "paraphrase generation")
-        return {"candidates": await self._call(handle.similar.remote(item))}
+        out = await self._call(handle.similar.remote(item))
+        if isinstance(out, dict):
+            raise ApiError(422, "invalid_request", f"decoding: {out['error']}")
+        return {"candidates": out}
 
     @api.post("/v1/search", response_model=SearchResponse)
     async def search(self, req: SearchRequest) -> dict:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class Limits(BaseModel):
@@ -35,6 +35,8 @@ class DecodingOptions(Strict):
     consistent: bool = False
     num_beams: int = Field(1, ge=1, le=16)
     max_new_tokens: int | None = Field(None, ge=1)
+    min_new_tokens: int = Field(0, ge=0)
+    length_penalty: float = Field(1.0, ge=-10, le=10)
     repetition_penalty: float = Field(1.0, gt=0, le=10)
     no_repeat_ngram_size: int = Field(0, ge=0, le=10)
     seed: int | None = None
@@ -52,6 +54,13 @@ class SimilarRequest(Strict):
     k: int = Field(5, ge=1)
     decoding: DecodingOptions = Field(default_factory=DecodingOptions)
     _check = field_validator("text")(nonempty)
+
+    @model_validator(mode="after")
+    def _beams_hold_n(self):
+        if self.decoding.strategy == "beam" and self.n > self.decoding.num_beams:
+            raise ValueError(f"beam search returns at most num_beams={self.decoding.num_beams} candidates; "
+                             f"n={self.n} asks for more")
+        return self
 
 
 class Candidate(BaseModel):

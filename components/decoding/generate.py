@@ -11,6 +11,7 @@ whole sequence every step (the way decoders without a cache work; kept for compa
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -95,8 +96,34 @@ class _Stepper:
             self.logits = self._recompute()
 
 
-def _sample(logits: torch.Tensor, config: DecodingConfig, eos_id: int, gen: torch.Generator) -> torch.Tensor:
-    """One token per row from softmax over the tokens that top-k / nucleus (/ consistent) keep.
+class _Uniforms:
+    """The random numbers of sampling: one stream per input, seeded with the decoding seed, from
+    which every step draws one number for each of the input's n rows (alive or finished). So an
+    input's samples do not depend on the other inputs of the batch: a request gives the same
+    samples decoded alone or batched with others (as a server batches them)."""
+
+    def __init__(self, seed: int | None, inputs: int, n: int):
+        # Without a seed, fresh entropy per input; never torch.seed(), which would reseed the
+        # caller's global generator (a training loop that decodes for evaluation, say).
+        seeds = [seed] * inputs if seed is not None else [secrets.randbits(63) for _ in range(inputs)]
+        self.streams = [torch.Generator().manual_seed(s) for s in seeds]
+        self.n = n
+
+    def draw(self) -> torch.Tensor:
+        return torch.cat([torch.rand(self.n, generator=g) for g in self.streams])      # (inputs * n,)
+
+
+def _pick(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Inverse-CDF sampling, one index per row: the first whose cumulative probability exceeds
+    u * total (tokens of probability 0 are never picked). probs: (rows, K); u: (rows,) in [0, 1)."""
+    cdf = probs.cumsum(-1)
+    x = (u.to(cdf.dtype) * cdf[:, -1])[:, None]
+    return torch.searchsorted(cdf, x, right=True).clamp_(max=probs.shape[-1] - 1)          # (rows, 1)
+
+
+def _sample(logits: torch.Tensor, config: DecodingConfig, eos_id: int, u: torch.Tensor) -> torch.Tensor:
+    """One token per row from softmax over the tokens that top-k / nucleus (/ consistent) keep,
+    drawn with the row's uniform number u.
 
     With top-k, at most k (+ EOS when consistent) tokens per row remain: sample among those
     candidates, the same distribution without a multinomial over the whole vocabulary. With top-k
@@ -112,14 +139,12 @@ def _sample(logits: torch.Tensor, config: DecodingConfig, eos_id: int, gen: torc
                 eos_logit = logits[:, eos_id:eos_id + 1].masked_fill(has_eos, NEG_INF)
                 cand = torch.cat([cand, eos_logit], dim=1)
                 idx = torch.cat([idx, torch.full_like(idx[:, :1], eos_id)], dim=1)
-            pick = torch.multinomial(cand.softmax(-1), 1, generator=gen)
-            return idx.gather(1, pick).squeeze(1)
+            return idx.gather(1, _pick(cand.softmax(-1), u)).squeeze(1)
     filtered = filter_logits(logits, k, config.top_p, eos_id, config.consistent)
     if k is not None:
         cand, idx = filtered.topk(min(V, k + int(config.consistent)), dim=-1)   # every kept token
-        pick = torch.multinomial(cand.softmax(-1), 1, generator=gen)
-        return idx.gather(1, pick).squeeze(1)
-    return torch.multinomial(filtered.softmax(-1), 1, generator=gen).squeeze(1)
+        return idx.gather(1, _pick(cand.softmax(-1), u)).squeeze(1)
+    return _pick(filtered.softmax(-1), u).squeeze(1)
 
 
 def _log_probs(model, logits, eos_id, step, survival):
@@ -163,8 +188,7 @@ def stream_generate(model, input_ids: torch.Tensor, segment_ids: torch.Tensor | 
     model.eval()
     B, n = input_ids.shape[0], config.num_return_sequences
     N = B * n
-    gen = torch.Generator(device=input_ids.device)
-    gen.manual_seed(config.seed if config.seed is not None else torch.seed() % (2**63))
+    uniforms = _Uniforms(config.seed, B, n) if config.strategy == "sample" else None
     stepper = _Stepper(model, input_ids, segment_ids, attention_mask, mask_mode, use_cache)
     stepper.expand(n)
     target = target.repeat_interleave(n)
@@ -193,7 +217,8 @@ def stream_generate(model, input_ids: torch.Tensor, segment_ids: torch.Tensor | 
         else:
             if config.temperature != 1.0:
                 logits = logits / config.temperature
-            choice = _sample(logits, config, eos_token_id, gen)
+            u = uniforms.draw().to(logits.device)[live]
+            choice = _sample(logits, config, eos_token_id, u)
         scores[live] += logp.gather(1, choice[:, None]).squeeze(1).double()
         survival[live] = new_survival
         ended = choice == eos_token_id

@@ -195,6 +195,40 @@ def test_seeds_reproduce_and_differ(make_model):
     assert streamed == [g.token_ids for row in a for g in row] and tokens(events[-1]) == tokens(a)
 
 
+@pytest.mark.parametrize("settings", [{"top_k": 5}, {"top_p": 0.9}, {"top_k": 8, "top_p": 0.8, "consistent": True},
+                                      {}])
+def test_seeded_samples_of_an_input_do_not_depend_on_its_batch(make_model, settings):
+    """A server batches requests together: with a seed, each input's samples are those it gets alone."""
+    model = make_model(seed=5)
+    cfg = DecodingConfig(strategy="sample", max_new_tokens=10, num_return_sequences=4, seed=7, **settings)
+    together = generate(model, *batch(), cfg, eos_token_id=EOS)
+    for i, src in enumerate(SOURCES):
+        alone = generate(model, *batch([src]), cfg, eos_token_id=EOS)
+        assert [g.token_ids for g in alone[0]] == [g.token_ids for g in together[i]]
+        assert [g.score for g in alone[0]] == pytest.approx([g.score for g in together[i]], abs=1e-4)
+    assert len({tuple(g.token_ids) for row in together for g in row}) > len(SOURCES)   # samples, not copies
+
+
+def test_unseeded_sampling_leaves_the_global_generator_alone(make_model):
+    model = make_model(seed=5)
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    generate(model, *batch(), DecodingConfig(strategy="sample", max_new_tokens=4), eos_token_id=EOS)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_inverse_cdf_pick_follows_the_distribution():
+    from components.decoding.generate import _pick
+    probs = torch.tensor([[0.0, 0.5, 0.0, 0.3, 0.2]])
+    u = torch.rand(40_000, generator=torch.Generator().manual_seed(0))
+    picks = _pick(probs.expand(len(u), -1), u).squeeze(1)
+    freq = torch.bincount(picks, minlength=5).float() / len(u)
+    assert freq[0] == 0 and freq[2] == 0                               # probability 0: never picked
+    assert torch.allclose(freq, probs[0], atol=0.01)
+    assert _pick(probs, torch.tensor([0.0])).item() == 1 and _pick(probs, torch.tensor([0.9999])).item() == 4
+
+
 def test_min_tokens_repetition_and_ngram_controls(make_model):
     model = make_model(seed=3)
     ids, seg, mask = batch()

@@ -49,6 +49,15 @@ def test_similar_returns_distinct_candidates_sorted_by_score(client):
     assert scores == sorted(scores, reverse=True)
 
 
+def test_similar_accepts_every_tuned_decoding_setting(client):
+    """What `bert4ray tune` writes to decoding.json can be sent as `decoding` as it is."""
+    decoding = {"strategy": "beam", "num_beams": 4, "length_penalty": 0.6, "min_new_tokens": 3,
+                "max_new_tokens": 12, "no_repeat_ngram_size": 2}
+    out = client.post("/v1/similar", json={"text": GROUPS[2][0], "n": 4, "k": 4, "decoding": decoding})
+    assert out.status_code == 200, out.text
+    assert 1 <= len(out.json()["candidates"]) <= 4
+
+
 LONG = "天" * 65
 BAD = [
     # (method, path, body bytes or json, headers, status, code)
@@ -70,6 +79,10 @@ BAD = [
     ("POST", "/v1/similar", {"text": "天气", "decoding": {"temperature": -1}}, None, 422, "invalid_request"),
     ("POST", "/v1/similar", {"text": "天气", "decoding": {"max_new_tokens": 500}}, None, 422, "limit_exceeded"),
     ("POST", "/v1/similar", {"text": "天气", "decoding": {"beams": 2}}, None, 422, "invalid_request"),
+    ("POST", "/v1/similar", {"text": "天气", "n": 8, "decoding": {"strategy": "beam", "num_beams": 4}}, None, 422,
+     "invalid_request"),
+    ("POST", "/v1/similar", {"text": "天气", "decoding": {"min_new_tokens": 20, "max_new_tokens": 10}}, None, 422,
+     "limit_exceeded"),
     ("POST", "/v1/embeddings", {"input": []}, None, 422, "invalid_request"),
     ("POST", "/v1/embeddings", {"input": ["ok", ""]}, None, 422, "invalid_request"),
     ("POST", "/v1/embeddings", {"input": ["天"] * 100}, None, 422, "limit_exceeded"),
