@@ -59,13 +59,20 @@ def quiet_console() -> None:
     warnings.filterwarnings("ignore", message="Use 'expr' instead of 'fn'")
 
 
-def init_ray(num_cpus: int | None = None) -> None:
-    """Connect to RAY_ADDRESS, or start a local Ray with DeepSpeed's CPU accelerator set."""
+def deepspeed_accelerator(use_gpu: bool) -> str:
+    """DeepSpeed's accelerator for the workers: DS_ACCELERATOR when set, else `cuda` for a GPU
+    run and `cpu` (gloo) otherwise."""
+    return os.environ.get("DS_ACCELERATOR") or ("cuda" if use_gpu else "cpu")
+
+
+def init_ray(num_cpus: int | None = None, use_gpu: bool = False) -> None:
+    """Connect to RAY_ADDRESS, or start a local Ray; either way the workers get DeepSpeed's
+    accelerator for the run (`deepspeed_accelerator`)."""
     import ray
     quiet_console()
     if ray.is_initialized():
         return
-    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    os.environ["DS_ACCELERATOR"] = deepspeed_accelerator(use_gpu)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     env = {"env_vars": {"DS_ACCELERATOR": os.environ["DS_ACCELERATOR"]}}
     if os.environ.get("RAY_ADDRESS"):
@@ -171,7 +178,7 @@ def run_training(recipe: Recipe, output: str | Path | None = None, resume: bool 
     # Logical CPUs beyond the Train workers' own: Ray Data's tokenization tasks need one, or the
     # workers wait forever for their data.
     need = int(recipe.scaling.num_workers * recipe.scaling.cpus_per_worker + 0.999) + 1
-    init_ray(max(os.cpu_count() or 1, need))
+    init_ray(max(os.cpu_count() or 1, need), use_gpu=recipe.scaling.use_gpu)
     _check_cpus(need)
     task = get_task(recipe.task.name)(recipe.task.options)
     run_dir.mkdir(parents=True, exist_ok=True)

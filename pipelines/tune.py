@@ -432,7 +432,8 @@ def run_tune(recipe: TuneRecipe, progress: bool = True, log=print) -> TuneResult
     else:
         per_trial = s.cpus_per_trial
     tracking = _Tracking(recipe, workdir)      # the DB and experiment exist before any trial runs
-    init_ray(max(os.cpu_count() or 1, math.ceil(per_trial * s.max_concurrent)))
+    init_ray(max(os.cpu_count() or 1, math.ceil(per_trial * s.max_concurrent)),
+             use_gpu=training is not None and training.scaling.use_gpu)
     tracking.start(recipe, params)
     result.parent_run_id = tracking.run_id
     explicit_uri = os.environ.get("MLFLOW_TRACKING_URI")

@@ -86,3 +86,12 @@ def test_recipe_from_environment_variable(monkeypatch, tmp_path):
     monkeypatch.setenv("B4R_TEST_RECIPE", "optim:\n  lrr: 1\n")
     with pytest.raises(RecipeError, match="did you mean 'optim.lr'"):
         load_recipe("env:B4R_TEST_RECIPE")
+
+
+def test_deepspeed_accelerator_follows_the_recipe_unless_set(monkeypatch):
+    from pipelines.train import deepspeed_accelerator
+    monkeypatch.delenv("DS_ACCELERATOR", raising=False)
+    assert deepspeed_accelerator(use_gpu=True) == "cuda"        # a local GPU run is not forced onto cpu
+    assert deepspeed_accelerator(use_gpu=False) == "cpu"
+    monkeypatch.setenv("DS_ACCELERATOR", "xpu")
+    assert deepspeed_accelerator(use_gpu=True) == "xpu"
