@@ -46,10 +46,11 @@ class SimBERT:
         return out
 
     @torch.no_grad()
-    def generate(self, texts: list[str], n: int = 1, decoding: dict | DecodingConfig | None = None
-                 ) -> list[list[str]]:
+    def generate(self, texts: list[str], n: int = 1, decoding: dict | DecodingConfig | None = None,
+                 seeds: list[int | None] | None = None) -> list[list[str]]:
         """n generated similar sentences per text (duplicates and the input included): one batched,
-        cached decode in which every source is encoded once."""
+        cached decode in which every source is encoded once. `seeds`: one sampling seed per text
+        (in place of the decoding seed), each text sampled as if alone."""
         config = decoding if isinstance(decoding, DecodingConfig) else DecodingConfig.from_dict(
             {"max_new_tokens": self.max_length, **(decoding or {})})
         config = dataclasses.replace(config, num_return_sequences=n)
@@ -60,16 +61,17 @@ class SimBERT:
         if config.max_new_tokens > limit:
             config = dataclasses.replace(config, max_new_tokens=max(1, limit))
         gens = generate(self.model, batch.input_ids, batch.segment_ids, batch.attention_mask, config,
-                        eos_token_id=self.tokenizer.sep_id, mask_mode="unilm", target_segment_id=1)
+                        eos_token_id=self.tokenizer.sep_id, mask_mode="unilm", target_segment_id=1, seeds=seeds)
         return [[self.tokenizer.decode(g.token_ids) for g in row] for row in gens]
 
     def similar_many(self, texts: list[str], n: int = 32, k: int = 10, decoding: dict | None = None,
-                     keep_input: bool = False) -> list[list[tuple[str, float]]]:
+                     keep_input: bool = False, seeds: list[int | None] | None = None
+                     ) -> list[list[tuple[str, float]]]:
         """SimBERT's gen_synonyms for many texts at once: n candidates each from one batched decode,
         duplicates and (unless keep_input) the input itself removed, reranked by cosine similarity
-        to the input, top k returned as (text, cosine), best first."""
+        to the input, top k returned as (text, cosine), best first. `seeds` as in `generate`."""
         settings = {"strategy": "sample", "top_k": 5, **(decoding or {})}
-        candidates = self.generate(texts, n, settings)
+        candidates = self.generate(texts, n, settings, seeds=seeds)
         pools = []
         for text, cands in zip(texts, candidates):
             seen = dict.fromkeys(c for c in cands if c.strip() and (keep_input or c != text))

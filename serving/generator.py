@@ -19,20 +19,22 @@ class Generator:
         return self.model_dir.name
 
     def similar_many(self, items: list[dict]) -> list[list[dict] | dict]:
-        """items: {"text", "n", "k", "decoding": {...}}. Requests with the same decoding settings and
-        n are decoded together in one batched, cached call (each source encoded once). A group whose
-        settings the decoder rejects answers {"error": message} for each of its requests and leaves
-        the other groups of the batch unharmed."""
+        """items: {"text", "n", "k", "decoding": {...}}. Requests with the same n and decoding
+        settings but the seed are decoded together in one batched, cached call (each source encoded
+        once, each request sampled with its own seed, so its answer does not depend on its batch).
+        A group whose settings the decoder rejects answers {"error": message} for each of its
+        requests and leaves the other groups of the batch unharmed."""
         groups: dict[str, list[int]] = {}
         for i, item in enumerate(items):
-            key = repr((item["n"], sorted(item["decoding"].items())))
+            key = repr((item["n"], sorted((k, v) for k, v in item["decoding"].items() if k != "seed")))
             groups.setdefault(key, []).append(i)
         out: list[list[dict] | dict] = [[] for _ in items]
         for rows in groups.values():
             first = items[rows[0]]
             try:
-                results = self.simbert.similar_many([items[i]["text"] for i in rows], n=first["n"],
-                                                    k=max(items[i]["k"] for i in rows), decoding=first["decoding"])
+                results = self.simbert.similar_many(
+                    [items[i]["text"] for i in rows], n=first["n"], k=max(items[i]["k"] for i in rows),
+                    decoding=first["decoding"], seeds=[items[i]["decoding"].get("seed") for i in rows])
             except ValueError as exc:
                 for i in rows:
                     out[i] = {"error": str(exc)}

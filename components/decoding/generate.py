@@ -102,11 +102,10 @@ class _Uniforms:
     input's samples do not depend on the other inputs of the batch: a request gives the same
     samples decoded alone or batched with others (as a server batches them)."""
 
-    def __init__(self, seed: int | None, inputs: int, n: int):
-        # Without a seed, fresh entropy per input; never torch.seed(), which would reseed the
-        # caller's global generator (a training loop that decodes for evaluation, say).
-        seeds = [seed] * inputs if seed is not None else [secrets.randbits(63) for _ in range(inputs)]
-        self.streams = [torch.Generator().manual_seed(s) for s in seeds]
+    def __init__(self, seeds: list[int | None], n: int):
+        # Without a seed, fresh entropy; never torch.seed(), which would reseed the caller's
+        # global generator (a training loop that decodes for evaluation, say).
+        self.streams = [torch.Generator().manual_seed(secrets.randbits(63) if s is None else s) for s in seeds]
         self.n = n
 
     def draw(self) -> torch.Tensor:
@@ -176,11 +175,13 @@ def _prepare(model, input_ids, segment_ids, attention_mask, config, eos_token_id
 @torch.no_grad()
 def stream_generate(model, input_ids: torch.Tensor, segment_ids: torch.Tensor | None,
                     attention_mask: torch.Tensor | None, config: DecodingConfig, *, eos_token_id: int,
-                    mask_mode: str = "unilm", target_segment_id: int | torch.Tensor = 1, use_cache: bool = True
+                    mask_mode: str = "unilm", target_segment_id: int | torch.Tensor = 1, use_cache: bool = True,
+                    seeds: list[int | None] | None = None
                     ) -> Iterator[list[tuple[int, int]] | list[list[Generation]]]:
     """Greedy or sampled decoding, step by step. Yields, after every step, the list of
     (output row, token id) pairs appended in that step (EOS not included; output row r is input
-    r // n, sample r % n), and finally the complete result as `generate` returns it."""
+    r // n, sample r % n), and finally the complete result as `generate` returns it. `seeds`
+    gives every input its own sampling seed (None: fresh) in place of `config.seed`."""
     if config.strategy == "beam":
         raise ValueError("beam search cannot stream (beams are reordered until the end); use generate()")
     segment_ids, attention_mask, target = _prepare(model, input_ids, segment_ids, attention_mask, config,
@@ -188,7 +189,9 @@ def stream_generate(model, input_ids: torch.Tensor, segment_ids: torch.Tensor | 
     model.eval()
     B, n = input_ids.shape[0], config.num_return_sequences
     N = B * n
-    uniforms = _Uniforms(config.seed, B, n) if config.strategy == "sample" else None
+    if seeds is not None and len(seeds) != B:
+        raise ValueError(f"seeds has {len(seeds)} entries for {B} inputs")
+    uniforms = _Uniforms(seeds or [config.seed] * B, n) if config.strategy == "sample" else None
     stepper = _Stepper(model, input_ids, segment_ids, attention_mask, mask_mode, use_cache)
     stepper.expand(n)
     target = target.repeat_interleave(n)
@@ -246,14 +249,16 @@ def stream_generate(model, input_ids: torch.Tensor, segment_ids: torch.Tensor | 
 def generate(model, input_ids: torch.Tensor, segment_ids: torch.Tensor | None = None,
              attention_mask: torch.Tensor | None = None, config: DecodingConfig | None = None, *,
              eos_token_id: int, mask_mode: str = "unilm", target_segment_id: int | torch.Tensor = 1,
-             use_cache: bool = True) -> list[list[Generation]]:
-    """Decode every input; returns, per input, `num_return_sequences` generations (beam: best first)."""
+             use_cache: bool = True, seeds: list[int | None] | None = None) -> list[list[Generation]]:
+    """Decode every input; returns, per input, `num_return_sequences` generations (beam: best first).
+    With `seeds` (one per input), each input samples with its own seed, as if decoded alone."""
     config = config or DecodingConfig()
     if config.strategy == "beam":
         return _beam_search(model, input_ids, segment_ids, attention_mask, config, eos_token_id, mask_mode,
                             target_segment_id, use_cache)
     *_, result = stream_generate(model, input_ids, segment_ids, attention_mask, config, eos_token_id=eos_token_id,
-                                 mask_mode=mask_mode, target_segment_id=target_segment_id, use_cache=use_cache)
+                                 mask_mode=mask_mode, target_segment_id=target_segment_id, use_cache=use_cache,
+                                 seeds=seeds)
     return result
 
 

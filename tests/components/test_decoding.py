@@ -207,6 +207,15 @@ def test_seeded_samples_of_an_input_do_not_depend_on_its_batch(make_model, setti
         assert [g.token_ids for g in alone[0]] == [g.token_ids for g in together[i]]
         assert [g.score for g in alone[0]] == pytest.approx([g.score for g in together[i]], abs=1e-4)
     assert len({tuple(g.token_ids) for row in together for g in row}) > len(SOURCES)   # samples, not copies
+    # One seed per input (requests of different clients batched together).
+    seeds = [7 + i for i in range(len(SOURCES))]
+    mixed = generate(model, *batch(), DecodingConfig(**{**cfg.__dict__, "seed": None}), eos_token_id=EOS,
+                     seeds=seeds)
+    for i, src in enumerate(SOURCES):
+        alone = generate(model, *batch([src]), DecodingConfig(**{**cfg.__dict__, "seed": seeds[i]}), eos_token_id=EOS)
+        assert [g.token_ids for g in alone[0]] == [g.token_ids for g in mixed[i]]
+    with pytest.raises(ValueError, match="seeds has 1 entries for 3 inputs"):
+        generate(model, *batch(), cfg, eos_token_id=EOS, seeds=[1])
 
 
 def test_unseeded_sampling_leaves_the_global_generator_alone(make_model):
