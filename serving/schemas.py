@@ -39,7 +39,7 @@ class DecodingOptions(Strict):
     length_penalty: float = Field(1.0, ge=-10, le=10)
     repetition_penalty: float = Field(1.0, gt=0, le=10)
     no_repeat_ngram_size: int = Field(0, ge=0, le=10)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=0, le=2**63 - 1)
 
 
 def nonempty(value: str) -> str:
@@ -131,7 +131,7 @@ class ChatRequest(Strict):
     top_k: int | None = Field(None, ge=1, le=1000)
     consistent: bool = False
     stream: bool = False
-    seed: int | None = None
+    seed: int | None = Field(None, ge=0, le=2**63 - 1)
     n: int = Field(1, ge=1, le=1)
 
 

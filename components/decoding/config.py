@@ -47,6 +47,7 @@ class DecodingConfig:
             raise ValueError(f"temperature must be > 0, got {self.temperature!r} (use strategy 'greedy' for argmax)")
         if self.top_k is not None:
             _int(self, "top_k", 1)
+        check_seed(self.seed)
         if self.top_p is not None and not (isinstance(self.top_p, int | float) and 0 < self.top_p <= 1):
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
         if not self.repetition_penalty > 0:
@@ -82,3 +83,9 @@ def _int(cfg, name: str, minimum: int) -> None:
     value = getattr(cfg, name)
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def check_seed(seed) -> None:
+    """A sampling seed is None or an integer in [0, 2**63) (what torch generators take)."""
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63):
+        raise ValueError(f"seed must be an integer in [0, 2**63), got {seed!r}")

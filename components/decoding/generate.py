@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from components.decoding.config import DecodingConfig
+from components.decoding.config import DecodingConfig, check_seed
 from components.decoding.filters import apply_repetition_penalty, ban_repeated_ngrams, filter_logits
 from components.decoding.termination import termination_log_probs
 
@@ -189,8 +189,11 @@ def stream_generate(model, input_ids: torch.Tensor, segment_ids: torch.Tensor | 
     model.eval()
     B, n = input_ids.shape[0], config.num_return_sequences
     N = B * n
-    if seeds is not None and len(seeds) != B:
-        raise ValueError(f"seeds has {len(seeds)} entries for {B} inputs")
+    if seeds is not None:
+        if len(seeds) != B:
+            raise ValueError(f"seeds has {len(seeds)} entries for {B} inputs")
+        for seed in seeds:
+            check_seed(seed)
     uniforms = _Uniforms(seeds or [config.seed] * B, n) if config.strategy == "sample" else None
     stepper = _Stepper(model, input_ids, segment_ids, attention_mask, mask_mode, use_cache)
     stepper.expand(n)

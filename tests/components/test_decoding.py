@@ -216,6 +216,8 @@ def test_seeded_samples_of_an_input_do_not_depend_on_its_batch(make_model, setti
         assert [g.token_ids for g in alone[0]] == [g.token_ids for g in mixed[i]]
     with pytest.raises(ValueError, match="seeds has 1 entries for 3 inputs"):
         generate(model, *batch(), cfg, eos_token_id=EOS, seeds=[1])
+    with pytest.raises(ValueError, match=r"seed must be an integer in \[0, 2\*\*63\), got -1"):
+        generate(model, *batch(), cfg, eos_token_id=EOS, seeds=[1, -1, 2])
 
 
 def test_unseeded_sampling_leaves_the_global_generator_alone(make_model):
@@ -258,6 +260,7 @@ def test_min_tokens_repetition_and_ngram_controls(make_model):
     ({"strategy": "nucleus"}, "strategy must be one of"),
     ({"max_new_tokens": 0}, "max_new_tokens must be an integer >= 1"),
     ({"topp": 0.9}, "did you mean 'top_p'"),
+    ({"seed": 2**64}, "seed must be an integer in"),
 ])
 def test_bad_settings_fail_before_any_compute(settings, message):
     with pytest.raises(ValueError, match=message):

@@ -79,6 +79,7 @@ BAD = [
     ("POST", "/v1/similar", {"text": "天气", "decoding": {"temperature": -1}}, None, 422, "invalid_request"),
     ("POST", "/v1/similar", {"text": "天气", "decoding": {"max_new_tokens": 500}}, None, 422, "limit_exceeded"),
     ("POST", "/v1/similar", {"text": "天气", "decoding": {"beams": 2}}, None, 422, "invalid_request"),
+    ("POST", "/v1/similar", {"text": "天气", "decoding": {"seed": 10**30}}, None, 422, "invalid_request"),
     ("POST", "/v1/similar", {"text": "天气", "n": 8, "decoding": {"strategy": "beam", "num_beams": 4}}, None, 422,
      "invalid_request"),
     ("POST", "/v1/similar", {"text": "天气", "decoding": {"min_new_tokens": 20, "max_new_tokens": 10}}, None, 422,
