@@ -40,7 +40,8 @@ class LayerCache:
         return LayerCache(k_buf[:, :, :P], v_buf[:, :, :P], k_buf=k_buf, v_buf=v_buf, written=[P])
 
     def append(self, k: torch.Tensor, v: torch.Tensor) -> LayerCache:
-        """Keys and values of T new positions (B, nh, T, hs) after the P cached ones."""
+        """Keys and values of T new positions (B, nh, T, hs) after the P cached ones (an empty
+        cache just holds them: a prefix costs no copy)."""
         if self.k is None:
             return LayerCache(k=k, v=v)
         if torch.is_grad_enabled() and (k.requires_grad or self.k.requires_grad):

@@ -115,11 +115,9 @@ class Block(nn.Module):
 
     def _softmax(self, q, k, v, ctx, layer_cache):
         new_cache = None
-        if ctx.incremental:
-            new_cache = layer_cache.append(k, v)
+        if ctx.use_cache:                    # true for every incremental call; a prefix fills an empty cache
+            new_cache = (layer_cache if ctx.incremental else LayerCache()).append(k, v)
             k, v = new_cache.k, new_cache.v                                    # (B, nh, P+T, hs)
-        elif ctx.use_cache:
-            new_cache = LayerCache(k=k, v=v)
         p = self.attn_dropout if self.training else 0.0
         y = softmax_attention(q, k, v, ctx.allowed, dropout_p=p, is_causal=ctx.is_causal)
         return y, new_cache
