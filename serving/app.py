@@ -28,10 +28,16 @@ from serving.schemas import Limits
 
 
 class Batching(BaseModel):
+    """The ingress sends a model deployment the requests that arrive together in one call (at most
+    two calls per replica outstanding; what arrives meanwhile leaves with the next), and the model
+    computes them together."""
     model_config = ConfigDict(extra="forbid")
     enabled: bool = True
+    """false: every request is a call and a model batch of its own."""
     max_batch_size: int = Field(16, ge=1, le=256)
+    """Requests per call and per model batch."""
     batch_wait_timeout_s: float = Field(0.005, ge=0, le=1)
+    """How long a request waits for others to join it when the model is free."""
 
 
 class Scaling(BaseModel):
@@ -80,6 +86,12 @@ def _options(scaling: Scaling) -> dict:
     return opts
 
 
+def _max_replicas(scaling: Scaling) -> int:
+    if "autoscaling_config" in (opts := _options(scaling)):
+        return int(opts["autoscaling_config"].get("max_replicas", 1))
+    return opts["num_replicas"]
+
+
 def build_app(args: dict | AppArgs) -> Application:
     args = args if isinstance(args, AppArgs) else AppArgs(**args)
     if not (args.model or args.chat_model or args.attribution_model or args.parser_model):
@@ -105,7 +117,8 @@ def build_app(args: dict | AppArgs) -> Application:
     ingress_opts = {"num_cpus": 0.1, **({"runtime_env": {"env_vars": env}} if env else {})}
     return Ingress.options(ray_actor_options=ingress_opts,
                            max_ongoing_requests=args.scaling.ingress_max_ongoing_requests).bind(
-        limits=args.limits.model_dump(), api_key_env=args.api_key_env, **bound)
+        limits=args.limits.model_dump(), api_key_env=args.api_key_env, batching=batching,
+        inflight_calls=2 * _max_replicas(args.scaling), **bound)
 
 
 def _env_args() -> dict:

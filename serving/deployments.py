@@ -1,5 +1,12 @@
-"""Thin Ray Serve wrappers around the plain capability classes: they add dynamic batching
-(`@serve.batch`, sizes from config), replica settings and nothing else."""
+"""Thin Ray Serve wrappers around the plain capability classes: they add dynamic batching, replica
+settings and nothing else.
+
+Batching happens in two places. The ingress gathers the requests that arrive together and sends a
+deployment one call with all of them (the `*_many` methods: a list of requests in, a list of
+answers out, in order), so Serve's per-call work (routing, serialisation, the replica's queue) is
+paid once per batch, not once per request. Here, `@serve.batch` merges the calls that queued up
+while the replica was busy (from several ingress replicas, or direct handle callers) without
+waiting for more, and the model computes their requests in batches of at most `max_batch_size`."""
 
 from __future__ import annotations
 
@@ -11,10 +18,36 @@ from serving.model_store import resolve_model
 _SHUTDOWN = dict(graceful_shutdown_wait_loop_s=0.5, graceful_shutdown_timeout_s=5)
 
 
-def _configure_batching(method, batching: dict) -> None:
-    size = batching.get("max_batch_size", 16) if batching.get("enabled", True) else 1
-    method.set_max_batch_size(size)
-    method.set_batch_wait_timeout_s(batching.get("batch_wait_timeout_s", 0.005) if size > 1 else 0.0)
+def batch_size(batching: dict) -> int:
+    return batching.get("max_batch_size", 16) if batching.get("enabled", True) else 1
+
+
+class _Batches:
+    """Answers `*_many` calls in model batches of at most `max_batch_size` requests, and counts
+    them (shown by /v1/models, so that an operator sees the batch sizes reached)."""
+
+    def __init__(self, batching: dict, *methods):
+        self.size = batch_size(batching)
+        self.served = {"requests": 0, "batches": 0}
+        for method in methods:
+            # The ingress already waited for its batch: merge only what is queued, never wait again.
+            method.set_max_batch_size(self.size)
+            method.set_batch_wait_timeout_s(0.0)
+
+    def answer_each(self, fn, calls: list[list]) -> list[list]:
+        """Runs `fn` (a list of requests → a list of answers) over every call's requests, at most
+        `size` at a time, and hands each call its own answers back."""
+        flat = [request for call in calls for request in call]
+        answers = []
+        for start in range(0, len(flat), self.size):
+            answers += fn(flat[start:start + self.size])
+            self.served["batches"] += 1
+        self.served["requests"] += len(flat)
+        out, start = [], 0
+        for call in calls:
+            out.append(answers[start:start + len(call)])
+            start += len(call)
+        return out
 
 
 @serve.deployment(name="retriever", **_SHUTDOWN)
@@ -23,28 +56,24 @@ class RetrieverDeployment:
         from serving.retriever import Retriever
 
         self.retriever = Retriever(resolve_model(model), index, max_length=max_length)
-        _configure_batching(self._search, batching)
-        _configure_batching(self._embed, batching)
+        self.batches = _Batches(batching, self.search_many, self.embed_many)
 
     def info(self) -> dict:
         r = self.retriever
         return {"id": r.name, "fingerprint": r.fingerprint, "kind": "simbert-encoder",
-                "index_size": len(r.index) if r.index is not None else None}
+                "index_size": len(r.index) if r.index is not None else None, "served": self.batches.served}
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
-    async def _search(self, items: list[tuple[str, int]]) -> list[list[dict]]:
-        return self.retriever.search([q for q, _ in items], [k for _, k in items])
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0)
+    async def search_many(self, calls: list[list[tuple[str, int]]]) -> list[list[list[dict]]]:
+        """Each call: [(query, k), ...] → the hits of each query. LookupError without an index."""
+        def search(items):
+            return self.retriever.search([q for q, _ in items], [k for _, k in items])
+        return self.batches.answer_each(search, calls)
 
-    async def search(self, query: str, k: int) -> list[dict]:
-        return await self._search((query, k))
-
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
-    async def _embed(self, texts: list[str]) -> list[list[float]]:
-        return self.retriever.embed(texts)
-
-    async def embed(self, texts: list[str]) -> list[list[float]]:
-        import asyncio
-        return list(await asyncio.gather(*(self._embed(t) for t in texts)))
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0)
+    async def embed_many(self, calls: list[list[str]]) -> list[list[list[float]]]:
+        """Each call: texts → their vectors."""
+        return self.batches.answer_each(self.retriever.embed, calls)
 
 
 @serve.deployment(name="generator", **_SHUTDOWN)
@@ -53,19 +82,17 @@ class GeneratorDeployment:
         from serving.generator import Generator
 
         self.generator = Generator(resolve_model(model), max_length=max_length)
-        _configure_batching(self._similar, batching)
+        self.batches = _Batches(batching, self.similar_many)
 
     def info(self) -> dict:
         g = self.generator
-        return {"id": g.name, "fingerprint": g.fingerprint, "kind": "simbert-generator"}
+        return {"id": g.name, "fingerprint": g.fingerprint, "kind": "simbert-generator", "served": self.batches.served}
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
-    async def _similar(self, items: list[dict]) -> list[list[dict] | dict]:
-        return self.generator.similar_many(items)
-
-    async def similar(self, item: dict) -> list[dict] | dict:
-        """The candidates, or {"error": message} when the decoder rejects the settings."""
-        return await self._similar(item)
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0)
+    async def similar_many(self, calls: list[list[dict]]) -> list[list[list[dict] | dict]]:
+        """Each call: [{"text", "n", "k", "decoding"}, ...] → each request's candidates, or
+        {"error": message} when the decoder rejects its settings."""
+        return self.batches.answer_each(self.generator.similar_many, calls)
 
 
 @serve.deployment(name="chat", **_SHUTDOWN)
@@ -98,14 +125,13 @@ class AttributorDeployment:
         model_dir = resolve_model(model)
         self.attributor = Attributor.from_pretrained(model_dir)
         self.name, self.fingerprint = model_dir.name, model_fingerprint(model_dir)
-        _configure_batching(self._attribute, batching)
+        self.batches = _Batches(batching, self.attribute_many)
 
     def info(self) -> dict:
         return {"id": self.name, "fingerprint": self.fingerprint, "kind": "classifier",
-                "labels": self.attributor.labels}
+                "labels": self.attributor.labels, "served": self.batches.served}
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
-    async def _attribute(self, items: list[dict]) -> list[dict]:
+    def _attribute(self, items: list[dict]) -> list[dict]:
         out: list[dict | None] = [None] * len(items)
         groups: dict[str, list[int]] = {}
         for i, item in enumerate(items):
@@ -123,8 +149,10 @@ class AttributorDeployment:
                     out[i] = {"error": str(exc)}
         return out
 
-    async def attribute(self, item: dict) -> dict:
-        return await self._attribute(item)
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0)
+    async def attribute_many(self, calls: list[list[dict]]) -> list[list[dict]]:
+        """Each call: [{"text", "target", "steps", ...}, ...] → each attribution, or {"error"}."""
+        return self.batches.answer_each(self._attribute, calls)
 
 
 @serve.deployment(name="parser", **_SHUTDOWN)
@@ -136,22 +164,17 @@ class ParserDeployment:
         from serving.parser import Parser
 
         self.parser = Parser(resolve_model(model))
-        _configure_batching(self._segment, batching)
-        _configure_batching(self._parse, batching)
+        self.batches = _Batches(batching, self.segment_many, self.parse_many)
 
     def info(self) -> dict:
-        return self.parser.info()
+        return {**self.parser.info(), "served": self.batches.served}
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
-    async def _segment(self, texts: list[str]) -> list[list[str]]:
-        return self.parser.segment_many(texts)
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0)
+    async def segment_many(self, calls: list[list[str]]) -> list[list[list[str]]]:
+        """Each call: texts → their words."""
+        return self.batches.answer_each(self.parser.segment_many, calls)
 
-    async def segment(self, text: str) -> list[str]:
-        return await self._segment(text)
-
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
-    async def _parse(self, items: list[dict]) -> list[dict]:
-        return self.parser.parse_many(items)
-
-    async def parse(self, item: dict) -> dict:
-        return await self._parse(item)
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0)
+    async def parse_many(self, calls: list[list[dict]]) -> list[list[dict]]:
+        """Each call: [{"text", ...}, ...] → each parse, or {"error"}."""
+        return self.batches.answer_each(self.parser.parse_many, calls)

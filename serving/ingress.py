@@ -14,6 +14,7 @@ from fastapi.responses import HTMLResponse, StreamingResponse
 from ray import serve
 from ray.exceptions import RayActorError
 
+from serving.coalescer import Coalescer
 from serving.errors import ApiError, GuardMiddleware, install_error_handlers
 from serving.schemas import (
     AttributeRequest,
@@ -69,11 +70,19 @@ async def _await(response):
 @serve.ingress(api)
 class Ingress:
     def __init__(self, limits: dict | None = None, api_key_env: str = "BERT4RAY_API_KEY", retriever=None,
-                 generator=None, chat=None, attributor=None, parser=None, extra: dict | None = None):
+                 generator=None, chat=None, attributor=None, parser=None, extra: dict | None = None,
+                 batching: dict | None = None, inflight_calls: int = 2):
+        """inflight_calls: calls to one model method outstanding at once (build_app: two per model
+        replica, so that a replica has its next batch queued while it computes one)."""
         self.limits = Limits(**(limits or {}))
         _Settings.limits, _Settings.api_key_env = self.limits, api_key_env
         self.handles = {"retriever": retriever, "generator": generator, "chat": chat, "attributor": attributor,
                         "parser": parser, **(extra or {})}
+        batching = batching or {}
+        self.batching = {"max_batch_size": batching.get("max_batch_size", 16),
+                         "wait_s": batching.get("batch_wait_timeout_s", 0.005),
+                         "inflight": inflight_calls} if batching.get("enabled", True) else None
+        self.coalescers: dict[tuple[str, str], Coalescer] = {}
 
     # --- helpers ----------------------------------------------------------------------------
     def _handle(self, name: str, what: str):
@@ -82,17 +91,36 @@ class Ingress:
             raise ApiError(404, "not_deployed", f"{what} is not available: no {name} model is loaded")
         return handle
 
+    def _timeout(self) -> ApiError:
+        return ApiError(504, "timeout", f"request took longer than {self.limits.timeout_s:g} s")
+
     async def _call(self, response):
         try:
             return await asyncio.wait_for(_await(response), self.limits.timeout_s)
         except TimeoutError:
             response.cancel()
-            raise ApiError(504, "timeout", f"request took longer than {self.limits.timeout_s:g} s") from None
+            raise self._timeout() from None
         except RayActorError:
             # The replica died with the request on it (Serve starts a replacement): tell the client
             # to retry, in the usual error body, rather than a bare 500.
             raise ApiError(503, "unavailable", "the model replica handling this request stopped; "
                                                "retry shortly") from None
+
+    async def _batched(self, name: str, what: str, method: str, request):
+        """One request's answer from `method` of deployment `name` (a `*_many` method: a list of
+        requests in, their answers out). With batching on, it goes in one call with the requests
+        that arrive with it; off, in a call of its own, as many at once as the clients send."""
+        remote = getattr(self._handle(name, what), method)
+        if self.batching is None:
+            return (await self._call(remote.remote([request])))[0]
+        if (name, method) not in self.coalescers:        # created in the replica's event loop
+            async def send(items: list) -> list:
+                return await self._call(remote.remote(items))
+            self.coalescers[(name, method)] = Coalescer(send, **self.batching)
+        try:          # the time queued for a free call counts too
+            return await asyncio.wait_for(self.coalescers[(name, method)].submit(request), self.limits.timeout_s)
+        except TimeoutError:
+            raise self._timeout() from None
 
     def _text(self, field: str, text: str) -> None:
         _limit(len(text) <= self.limits.max_text_chars,
@@ -129,8 +157,7 @@ class Ingress:
                f"decoding.min_new_tokens={req.decoding.min_new_tokens} exceeds max_new_tokens={steps}")
         item = req.model_dump()
         item["decoding"]["max_new_tokens"] = steps
-        handle = self._handle("generator", "paraphrase generation")
-        out = await self._call(handle.similar.remote(item))
+        out = await self._batched("generator", "paraphrase generation", "similar_many", item)
         if isinstance(out, dict):
             raise ApiError(422, "invalid_request", f"decoding: {out['error']}")
         return {"candidates": out}
@@ -139,11 +166,10 @@ class Ingress:
     async def search(self, req: SearchRequest) -> dict:
         self._text("query", req.query)
         _limit(req.k <= self.limits.max_k, f"k={req.k} exceeds the limit of {self.limits.max_k}")
-        handle = self._handle("retriever", "search")
-        # One (batched) call per request: a replica without an index answers with LookupError,
-        # rather than every request paying an extra round trip to ask first.
+        # A replica without an index answers with LookupError, rather than every request paying an
+        # extra round trip to ask first.
         try:
-            hits = await self._call(handle.search.remote(req.query, req.k))
+            hits = await self._batched("retriever", "search", "search_many", (req.query, req.k))
         except LookupError:
             raise ApiError(404, "no_index", "no index is loaded: start the server with --index DIR") from None
         return {"hits": hits}
@@ -155,9 +181,8 @@ class Ingress:
                f"{len(texts)} inputs exceed the limit of {self.limits.max_batch_inputs}")
         for i, text in enumerate(texts):
             self._text(f"input[{i}]", text)
-        handle = self._handle("retriever", "embeddings")
-        vectors = await self._call(handle.embed.remote(texts))
-        info = await self._call(handle.info.remote())
+        vectors = await asyncio.gather(*(self._batched("retriever", "embeddings", "embed_many", t) for t in texts))
+        info = await self._call(self.handles["retriever"].info.remote())
         tokens = sum(len(t) for t in texts)
         return {"object": "list", "model": info["id"],
                 "data": [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)],
@@ -168,8 +193,7 @@ class Ingress:
     async def attribute(self, req: AttributeRequest, request: Request):
         self._text("text", req.text)
         _limit(req.steps <= self.limits.max_steps, f"steps={req.steps} exceeds the limit of {self.limits.max_steps}")
-        handle = self._handle("attributor", "attribution")
-        out = await self._call(handle.attribute.remote(req.model_dump()))
+        out = await self._batched("attributor", "attribution", "attribute_many", req.model_dump())
         if "error" in out:
             raise ApiError(422, "invalid_request", out["error"])
         accept = request.headers.get("accept", "")
@@ -183,14 +207,12 @@ class Ingress:
     @api.post("/v1/segment", response_model=SegmentResponse)
     async def segment(self, req: SegmentRequest) -> dict:
         self._text("text", req.text)
-        handle = self._handle("parser", "segmentation")
-        return {"words": await self._call(handle.segment.remote(req.text))}
+        return {"words": await self._batched("parser", "segmentation", "segment_many", req.text)}
 
     @api.post("/v1/parse", response_model=ParseResponse)
     async def parse(self, req: ParseRequest) -> dict:
         self._text("text", req.text)
-        handle = self._handle("parser", "parsing")
-        out = await self._call(handle.parse.remote(req.model_dump()))
+        out = await self._batched("parser", "parsing", "parse_many", req.model_dump())
         if "error" in out:
             raise ApiError(422, "invalid_request", out["error"])
         return out
