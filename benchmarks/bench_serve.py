@@ -4,6 +4,7 @@ generator on loopback at several concurrencies against /v1/similar and /v1/searc
     .venv/bin/python benchmarks/bench_serve.py
     .venv/bin/python benchmarks/bench_serve.py --untrained-size 256x4     # more compute per request
     .venv/bin/python benchmarks/bench_serve.py --model DIR --index DIR --concurrency 1,8,32 --per-client 16
+    .venv/bin/python benchmarks/bench_serve.py --compute-ceiling 48x2,312x4,384x6,768x12   # no Serve
 
 Starts a local Ray and Serve on 127.0.0.1 (a free port) with two copies of the application side by
 side: "on" (route prefix /on, `batching.enabled: true`) and "off" (/off, `batching.enabled:
@@ -13,6 +14,10 @@ measured back to back (warm-up first), alternating for --rounds rounds, and the 
 is kept, so that load from other jobs on the machine hits both alike. Every cell
 is bounded: at most max(--min-requests, --per-client × concurrency) requests and --cell-timeout
 seconds. Goal: batching on ≥ 3× the throughput of batching off at concurrency 32.
+
+--compute-ceiling measures, in this process and without Serve, what batching saves of the model's
+own work per request (32 requests one by one vs in one batch) for models of the given sizes: the
+most that batching on can gain once a request's model work outweighs Serve's per-request work.
 """
 
 from __future__ import annotations
@@ -83,6 +88,41 @@ def prepare_model(workdir: Path, steps: int, size: str | None) -> tuple[Path, Pa
     return model_dir, workdir / "index"
 
 
+def compute_ceiling(sizes: list[str], n: int, k: int, max_new_tokens: int) -> None:
+    import torch
+
+    from components.simbert import SimBERT
+    from tests.conftest import make_vocab
+
+    texts = [t for g in GROUPS for t in g]
+    requests = [texts[i % len(texts)] for i in range(32)]
+    decoding = {"max_new_tokens": max_new_tokens, "seed": 1}
+
+    def per_request(fn, count: int) -> float:
+        fn()                                                      # warm-up
+        t0 = time.perf_counter()
+        fn()
+        return (time.perf_counter() - t0) / count * 1000
+
+    def row(sim: SimBERT) -> tuple[float, float, float, float]:
+        few = requests[:8]                                        # alone is slow at the larger sizes
+        return (per_request(lambda: [sim.encode([q]) for q in requests], 32),
+                per_request(lambda: sim.encode(requests), 32),
+                per_request(lambda: [sim.similar_many([q], n=n, k=k, decoding=decoding) for q in few], 8),
+                per_request(lambda: sim.similar_many(requests, n=n, k=k, decoding=decoding), 32))
+
+    print(f"Model work per request, ms (torch threads {torch.get_num_threads()}; similar: n={n}, "
+          f"{max_new_tokens} tokens, k={k}):")
+    print("| model | search alone | search in 32 | saved | similar alone | similar in 32 | saved |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    with tempfile.TemporaryDirectory(prefix="bench-ceiling-") as tmp:
+        vocab = make_vocab(Path(tmp) / "vocab.txt")
+        for size in sizes:
+            enc1, enc32, sim1, sim32 = row(SimBERT.from_pretrained(untrained_simbert(Path(tmp) / size, vocab, size)))
+            print(f"| {size} | {enc1:.2f} | {enc32:.2f} | {enc1 / enc32:.2f}× | {sim1:.2f} | {sim32:.2f} | "
+                  f"{sim1 / sim32:.2f}× |", flush=True)
+
+
 def bodies(route: str, n: int, k: int, max_new_tokens: int):
     texts = [t for g in GROUPS for t in g]
     if route == "/v1/search":
@@ -147,7 +187,13 @@ def main() -> None:
     p.add_argument("--batch-wait-ms", type=float, default=5.0)
     p.add_argument("--num-cpus", type=float, default=0.5, help="logical CPUs per model replica")
     p.add_argument("--json", help="also write the results to this file")
+    p.add_argument("--compute-ceiling", metavar="SIZES",
+                   help="only measure, without Serve, the model work batching saves for untrained models of "
+                        "these sizes (HIDDENxLAYERS,...)")
     args = p.parse_args()
+    if args.compute_ceiling:
+        compute_ceiling(args.compute_ceiling.split(","), args.n, args.k, args.max_new_tokens)
+        return
     levels = [int(c) for c in args.concurrency.split(",")]
     routes = args.routes.split(",")
 
@@ -212,6 +258,8 @@ def main() -> None:
             # The ceiling of the HTTP path alone (proxy + FastAPI ingress, no model call): what
             # batching can at most approach when the model's own work is small.
             top = max(levels)
+            served = {mode: {m["capability"]: m["served"] for m in
+                             httpx.get(f"{base}/{mode}/v1/models", timeout=30).json()["data"]} for mode in ("on", "off")}
             ceiling = max(asyncio.run(run_cell(f"{base}/on", "/healthz", None, top, max(256, 8 * top),
                                                args.cell_timeout))["throughput"] for _ in range(args.rounds))
         finally:
@@ -232,6 +280,9 @@ def main() -> None:
     for route in routes:
         ratios = [cells[(route, c, "on")]["throughput"] / cells[(route, c, "off")]["throughput"] for c in levels]
         print(f"| `{route}` | " + " | ".join(f"{x:.2f}×" for x in ratios) + " |")
+    for mode in ("on", "off"):
+        print(f"batching {mode}: mean model batch " + ", ".join(
+            f"{cap} {c['requests'] / max(1, c['batches']):.1f} ({c['requests']} requests)" for cap, c in served[mode].items()))
     print(f"HTTP path alone (GET /healthz: proxy + ingress, no model call) at concurrency {top}: "
           f"{ceiling:.1f} req/s")
     for route in routes:
