@@ -113,7 +113,7 @@ def compute_ceiling(sizes: list[str], n: int, k: int, max_new_tokens: int) -> No
 
     print(f"Model work per request, ms (torch threads {torch.get_num_threads()}; similar: n={n}, "
           f"{max_new_tokens} tokens, k={k}):")
-    print("| model | search alone | search in 32 | saved | similar alone | similar in 32 | saved |")
+    print("| model | encode alone | encode in 32 | saved | similar alone | similar in 32 | saved |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     with tempfile.TemporaryDirectory(prefix="bench-ceiling-") as tmp:
         vocab = make_vocab(Path(tmp) / "vocab.txt")
