@@ -43,7 +43,7 @@ from components.mgs import (
     weight_entropy,
 )
 from pipelines.objectives import METRICS, Example, GenerationSystem, read_examples, score
-from pipelines.recipe import RecipeError, flatten, load_sections, to_dict
+from pipelines.recipe import RecipeError, load_sections, to_dict
 
 
 # --- recipe --------------------------------------------------------------------------------------
@@ -374,16 +374,12 @@ class _MlflowRun:
             return
         import mlflow
 
-        from pipelines.tracking import git_commit, use_experiment
+        from pipelines.tracking import recipe_params, run_tags, use_experiment
         experiment = use_experiment(workdir, recipe.tracking.experiment)
         run = mlflow.start_run(experiment_id=experiment, run_name=recipe.tracking.run_name or run_id)
         self.run_id = run.info.run_id
-        mlflow.log_params({k: ("" if v is None else str(v))[:500] for k, v in flatten(to_dict(recipe)).items()})
-        tags = {"bert4ray.command": "mgs", "bert4ray.run_id": run_id}
-        commit = git_commit()
-        if commit:
-            tags["mlflow.source.git.commit"] = commit
-        mlflow.set_tags(tags)
+        mlflow.log_params(recipe_params(recipe))
+        mlflow.set_tags(run_tags({"bert4ray.command": "mgs", "bert4ray.run_id": run_id}))
 
     def log(self, metrics: dict, step: int) -> None:
         if self.run_id:

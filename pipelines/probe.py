@@ -30,7 +30,7 @@ from typing import Any
 
 import yaml
 
-from pipelines.recipe import RecipeError, flatten, load_sections, to_dict
+from pipelines.recipe import RecipeError, load_sections, to_dict
 
 TASKS = ("segment", "dependency", "constituency")
 TREE_FILE_SUFFIXES = (".mrg", ".tree", ".trees", ".ptb")
@@ -589,16 +589,12 @@ def segmentation_report(units: list[list[str]], scores: list, gold: list[list[st
 def _log_mlflow(recipe: ProbeRecipe, workdir: Path, metrics: dict, report: dict) -> str:
     import mlflow
 
-    from pipelines.tracking import git_commit, use_experiment
+    from pipelines.tracking import recipe_params, run_tags, use_experiment
 
     exp_id = use_experiment(workdir, recipe.tracking.experiment)
     with mlflow.start_run(experiment_id=exp_id, run_name=recipe.tracking.run_name or recipe.name) as run:
-        mlflow.log_params({k: ("" if v is None else str(v))[:500] for k, v in flatten(to_dict(recipe)).items()})
-        tags = {"bert4ray.task": "probe"}
-        commit = git_commit()
-        if commit:
-            tags["mlflow.source.git.commit"] = commit
-        mlflow.set_tags(tags)
+        mlflow.log_params(recipe_params(recipe))
+        mlflow.set_tags(run_tags({"bert4ray.task": "probe"}))
         mlflow.log_metrics({k: float(v) for k, v in metrics.items() if isinstance(v, int | float) and math.isfinite(v)})
         mlflow.log_text(yaml.safe_dump(to_dict(recipe), sort_keys=False, allow_unicode=True), "recipe.yaml")
         mlflow.log_text(json.dumps({k: v for k, v in report.items() if k != "metrics"}, indent=2,

@@ -34,6 +34,22 @@ def git_commit() -> str | None:
         return None
 
 
+def param_value(value) -> str:
+    """A value as an MLflow param (MLflow keeps at most 500 characters)."""
+    return ("" if value is None else str(value))[:500]
+
+
+def recipe_params(recipe) -> dict[str, str]:
+    """A recipe dataclass flattened into MLflow params (`section.key`)."""
+    return {k: param_value(v) for k, v in flatten(to_dict(recipe)).items()}
+
+
+def run_tags(tags: dict) -> dict:
+    """`tags` plus the git commit of this checkout, when there is one."""
+    commit = git_commit()
+    return {**tags, "mlflow.source.git.commit": commit} if commit else dict(tags)
+
+
 def use_experiment(workdir: Path, name: str) -> str:
     """Point MLflow at the workdir's store (or MLFLOW_TRACKING_URI) and return the id of experiment
     `name`, created if missing. Call it in one process before any worker or trial could race to
@@ -93,13 +109,8 @@ class Tracker:
         else:
             run = mlflow.start_run(experiment_id=self.experiment_id, run_name=t.run_name or run_name,
                                    parent_run_id=t.parent_run_id, nested=bool(t.parent_run_id))
-            params = {k: ("" if v is None else str(v))[:500] for k, v in flatten(to_dict(self.recipe)).items()}
-            mlflow.log_params(params)
-            tags = {"bert4ray.task": self.recipe.task.name, "bert4ray.run_id": run_name}
-            commit = git_commit()
-            if commit:
-                tags["mlflow.source.git.commit"] = commit
-            mlflow.set_tags(tags)
+            mlflow.log_params(recipe_params(self.recipe))
+            mlflow.set_tags(run_tags({"bert4ray.task": self.recipe.task.name, "bert4ray.run_id": run_name}))
             if recipe_file is not None:
                 mlflow.log_artifact(str(recipe_file))
         self.run_id = run.info.run_id

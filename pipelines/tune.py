@@ -260,11 +260,8 @@ class _Tracking:
     def start(self, recipe: TuneRecipe, params: list[Param]) -> None:
         if not self.enabled:
             return
-        from pipelines.tracking import git_commit
-        tags = {"bert4ray.task": "tune", "bert4ray.tune.mode": recipe.mode}
-        commit = git_commit()
-        if commit:
-            tags["mlflow.source.git.commit"] = commit
+        from pipelines.tracking import run_tags
+        tags = run_tags({"bert4ray.task": "tune", "bert4ray.tune.mode": recipe.mode})
         name = recipe.tracking.run_name or f"{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         self.run_id = self.client.create_run(self.experiment_id, run_name=name, tags=tags).info.run_id
         values = {"mode": recipe.mode, "model": recipe.model, "recipe": recipe.recipe,
@@ -279,8 +276,9 @@ class _Tracking:
 
     def log_params(self, run_id: str, values: dict) -> None:
         from mlflow.entities import Param as MlflowParam
-        self.client.log_batch(run_id, params=[MlflowParam(k, ("" if v is None else str(v))[:500])
-                                              for k, v in values.items()])
+
+        from pipelines.tracking import param_value
+        self.client.log_batch(run_id, params=[MlflowParam(k, param_value(v)) for k, v in values.items()])
 
     def log_metrics(self, run_id: str, values: dict, step: int = 0) -> None:
         from mlflow.entities import Metric
