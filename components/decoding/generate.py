@@ -7,6 +7,9 @@ The prefix (a UniLM source `[CLS] src [SEP]`, or a dialogue history) is encoded 
 expanded for n samples or beams; every step then computes one position per live row. Rows that
 finish are dropped from the cache, so they stop costing compute. `use_cache=False` recomputes the
 whole sequence every step (the way decoders without a cache work; kept for comparison).
+
+New tokens take segment 1 after a UniLM source, and continue the prompt's last segment in causal
+mode (a plain LM never saw segment 1), unless `target_segment_id` says otherwise.
 """
 
 from __future__ import annotations
@@ -153,7 +156,17 @@ def _log_probs(model, logits, eos_id, step, survival):
     return termination_log_probs(logits, eos_id, cfg.termination_epsilon, cfg.termination, step, survival)
 
 
-def _prepare(model, input_ids, segment_ids, attention_mask, config, eos_token_id, target_segment_id):
+def default_target_segment(segment_ids: torch.Tensor, attention_mask: torch.Tensor, mask_mode: str) -> torch.Tensor:
+    """The new tokens' segment id when the caller names none: UniLM's target segment 1 for a
+    seq2seq prefix; in causal mode the segment of each prompt's last real token, so a plain
+    language model continues its text with the segment ids it was trained on (all 0, usually)."""
+    if mask_mode != "causal":
+        return torch.ones(segment_ids.shape[0], dtype=torch.long)
+    last = attention_mask.sum(1) - 1
+    return segment_ids[torch.arange(segment_ids.shape[0]), last].long()
+
+
+def _prepare(model, input_ids, segment_ids, attention_mask, config, eos_token_id, target_segment_id, mask_mode):
     if input_ids.dim() != 2:
         raise ValueError(f"input_ids must be (batch, length), got shape {tuple(input_ids.shape)}")
     segment_ids = torch.zeros_like(input_ids) if segment_ids is None else segment_ids
@@ -163,6 +176,8 @@ def _prepare(model, input_ids, segment_ids, attention_mask, config, eos_token_id
     if bool((attention_mask.sum(1) == 0).any()):
         raise ValueError("every input needs at least one token")
     config.validate_for(model.config, int(attention_mask.sum(1).max()))
+    if target_segment_id is None:
+        target_segment_id = default_target_segment(segment_ids, attention_mask, mask_mode)
     target = torch.as_tensor(target_segment_id, dtype=torch.long)
     target = target.expand(input_ids.shape[0]).clone() if target.dim() == 0 else target
     if target.shape != (input_ids.shape[0],):
@@ -175,8 +190,8 @@ def _prepare(model, input_ids, segment_ids, attention_mask, config, eos_token_id
 @torch.no_grad()
 def stream_generate(model, input_ids: torch.Tensor, segment_ids: torch.Tensor | None,
                     attention_mask: torch.Tensor | None, config: DecodingConfig, *, eos_token_id: int,
-                    mask_mode: str = "unilm", target_segment_id: int | torch.Tensor = 1, use_cache: bool = True,
-                    seeds: list[int | None] | None = None
+                    mask_mode: str = "unilm", target_segment_id: int | torch.Tensor | None = None,
+                    use_cache: bool = True, seeds: list[int | None] | None = None
                     ) -> Iterator[list[tuple[int, int]] | list[list[Generation]]]:
     """Greedy or sampled decoding, step by step. Yields, after every step, the list of
     (output row, token id) pairs appended in that step (EOS not included; output row r is input
@@ -185,7 +200,7 @@ def stream_generate(model, input_ids: torch.Tensor, segment_ids: torch.Tensor | 
     if config.strategy == "beam":
         raise ValueError("beam search cannot stream (beams are reordered until the end); use generate()")
     segment_ids, attention_mask, target = _prepare(model, input_ids, segment_ids, attention_mask, config,
-                                                   eos_token_id, target_segment_id)
+                                                   eos_token_id, target_segment_id, mask_mode)
     model.eval()
     B, n = input_ids.shape[0], config.num_return_sequences
     N = B * n
@@ -251,10 +266,13 @@ def stream_generate(model, input_ids: torch.Tensor, segment_ids: torch.Tensor | 
 
 def generate(model, input_ids: torch.Tensor, segment_ids: torch.Tensor | None = None,
              attention_mask: torch.Tensor | None = None, config: DecodingConfig | None = None, *,
-             eos_token_id: int, mask_mode: str = "unilm", target_segment_id: int | torch.Tensor = 1,
+             eos_token_id: int, mask_mode: str = "unilm", target_segment_id: int | torch.Tensor | None = None,
              use_cache: bool = True, seeds: list[int | None] | None = None) -> list[list[Generation]]:
     """Decode every input; returns, per input, `num_return_sequences` generations (beam: best first).
-    With `seeds` (one per input), each input samples with its own seed, as if decoded alone."""
+    With `seeds` (one per input), each input samples with its own seed, as if decoded alone.
+    `target_segment_id` (an int or one per input) is the new tokens' segment id; None: 1 (UniLM's
+    target segment) in unilm mode, the prompt's last segment id in causal mode (dialogue passes
+    the reply's own)."""
     config = config or DecodingConfig()
     if config.strategy == "beam":
         return _beam_search(model, input_ids, segment_ids, attention_mask, config, eos_token_id, mask_mode,
@@ -273,7 +291,7 @@ def _beam_search(model, input_ids, segment_ids, attention_mask, config, eos_toke
     done once it has W finished hypotheses (or at max_new_tokens, when live beams are finished as
     "length")."""
     segment_ids, attention_mask, target = _prepare(model, input_ids, segment_ids, attention_mask, config,
-                                                   eos_token_id, target_segment_id)
+                                                   eos_token_id, target_segment_id, mask_mode)
     model.eval()
     B, W = input_ids.shape[0], config.num_beams
     stepper = _Stepper(model, input_ids, segment_ids, attention_mask, mask_mode, use_cache)

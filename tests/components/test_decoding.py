@@ -272,3 +272,32 @@ def test_too_many_new_tokens_for_the_positions(make_model):
     ids, seg, mask = batch()
     with pytest.raises(ValueError, match="exceeds the model's max_position_embeddings=128"):
         generate(model, ids, seg, mask, DecodingConfig(max_new_tokens=125), eos_token_id=EOS)
+
+
+def test_causal_generation_continues_the_prompts_last_segment(make_model):
+    """Without a target segment, causal mode continues each prompt's last segment id (a plain LM
+    sees the segment ids it was trained with); unilm mode keeps UniLM's target segment 1."""
+    model = make_model(seed=6)
+    ids, _, mask = batch()
+    seg = torch.zeros_like(ids)
+    seg[1, 2:4] = 1                                             # second prompt ends in segment 1
+    cfg = DecodingConfig(strategy="greedy", max_new_tokens=5)
+    out = generate(model, ids, seg, mask, cfg, eos_token_id=EOS, mask_mode="causal")
+    for i, src in enumerate(SOURCES):
+        last = int(seg[i, len(src) - 1])
+        seq, want = list(src), []
+        with torch.no_grad():
+            for _ in range(5):
+                full_seg = torch.tensor([seg[i, :len(src)].tolist() + [last] * (len(seq) - len(src))])
+                tok = int(model(torch.tensor([seq]), full_seg, mask_mode="causal").logits[0, -1].argmax())
+                if tok == EOS:
+                    break
+                want.append(tok)
+                seq.append(tok)
+        assert out[i][0].token_ids == want
+    assert generate(model, ids, seg, mask, cfg, eos_token_id=EOS, mask_mode="causal",
+                    target_segment_id=torch.tensor([0, 1, 0])) == out
+    assert generate(model, ids, seg, mask, cfg, eos_token_id=EOS, mask_mode="causal",
+                    target_segment_id=1) != out                  # the old default: segment 1 everywhere
+    unilm = generate(model, ids, seg, mask, cfg, eos_token_id=EOS, mask_mode="unilm")
+    assert unilm == generate(model, ids, seg, mask, cfg, eos_token_id=EOS, mask_mode="unilm", target_segment_id=1)
