@@ -10,9 +10,24 @@ task's loss_fn receives back as `inputs_embeds`:
           because another example in the batch has large gradients.
 - PGD:    K steps r ← Π_ε(r + α · g_r / ‖g_r‖) (per-example norms; Π_ε projects each example's r
           back onto the ε-ball); the loss is L(E) + L(E + r_K).
-- gradient penalty: L + ½·ε·‖∇_E L‖² by double backpropagation (create_graph).
-- VAT:    a random direction d is refined by `vat_iters` power iterations on KL(p(E) ‖ p(E + ξd));
-          the term vat_weight · KL(p(E) ‖ p(E + ε·d/‖d‖)) with p(E) detached (needs "logits").
+- gradient penalty: L + ½·ε·‖∇L‖² by double backpropagation (create_graph), the gradient taken
+          where `gradient_penalty_at` says: `token_embeddings` (default, the seed post's and
+          bert4keras' space) is the gradient with respect to the word-embedding rows the batch looks
+          up, a row used twice summing both occurrences' gradients as ∇_W L does; `embedding_output`
+          is ∇_E L. The LayerNorm after the lookup divides by each summed row's standard deviation
+          (≈ 0.035 at initialisation), so ‖∇‖ at the token embeddings is ~15–35× ‖∇_E L‖ and the
+          penalty ~250–1,000× (measured on randomly initialised models): ε does not carry over
+          between the two spaces (README, "Methods: conventions").
+- VAT:    d is refined by `vat_iters` power iterations d ← ∇_d KL(p(E₀) ‖ p(E₀ + ξ·d/‖d‖)) from a
+          random start, computed with dropout off (eval mode, the modules' own train/eval flags
+          restored after) on the dropout-free embedding output E₀, so d follows the top eigenvector
+          of the KL's Hessian and not the difference between two dropout masks. The term is then
+          vat_weight · KL(p(E₀) ‖ p(E + ε·d/‖d‖)), with the clean p(E₀) detached and the perturbed
+          forward run as the step runs (with dropout if the model trains with it); needs "logits".
+          ξ and ε are absolute per-example L2 norms on E. A post-LayerNorm row has norm ≈ √H, so an
+          example's E has norm ≈ √(T·H) (≈ 90 for T = 64, H = 128): ξ = 1, the default, is a ~1 %
+          relative probe, large enough that float32 resolves the KL's change, small enough for its
+          quadratic term to dominate.
 
 With `*_target: embedding_weight` FGM/PGD perturb the word-embedding matrix instead (the classic
 form): the matrix is saved, perturbed in place, the adversarial loss is backpropagated on its own
@@ -24,13 +39,15 @@ one graph and calls `backward` exactly once.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 TARGETS = ("embedding_output", "embedding_weight")
+PENALTY_SPACES = ("token_embeddings", "embedding_output")
 
 
 @dataclass
@@ -48,10 +65,14 @@ class RegularizerConfig:
     """PGD step size, as a fraction of ε."""
     pgd_target: str = "embedding_output"
     gradient_penalty: float = 0.0
-    """ε in ½·ε·‖∇_E L‖² (0 = off)."""
+    """ε in ½·ε·‖∇L‖² (0 = off); the post's ε = 1 is on the `token_embeddings` scale."""
+    gradient_penalty_at: str = "token_embeddings"
+    """Where ∇L is taken: `token_embeddings` (the rows looked up, the seed post's space) or
+    `embedding_output` (E, post-LayerNorm: gradients far smaller, so ε must be far larger)."""
     vat_epsilon: float = 0.0
-    """VAT radius (0 = off)."""
-    vat_xi: float = 1e-6
+    """VAT radius, a per-example L2 norm on E (0 = off)."""
+    vat_xi: float = 1.0
+    """Probe radius of the power iteration, a per-example L2 norm on E (‖E‖ ≈ √(T·H))."""
     vat_iters: int = 1
     vat_weight: float = 1.0
 
@@ -69,6 +90,9 @@ class RegularizerConfig:
             if getattr(self, name) not in TARGETS:
                 raise ValueError(f"regularizers.{name} must be one of {', '.join(TARGETS)}, "
                                  f"got {getattr(self, name)!r}")
+        if self.gradient_penalty_at not in PENALTY_SPACES:
+            raise ValueError(f"regularizers.gradient_penalty_at must be one of {', '.join(PENALTY_SPACES)}, "
+                             f"got {self.gradient_penalty_at!r}")
         if self.fgm_epsilon and self.pgd_epsilon:
             raise ValueError("regularizers.fgm_epsilon and regularizers.pgd_epsilon are exclusive: choose one")
 
@@ -98,14 +122,55 @@ def _project(r: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 def _kl_logits(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
-    """KL(p ‖ q) for categorical distributions given by logits over the last dim, mean over rows."""
-    p_log = F.log_softmax(p_logits.float(), dim=-1)
-    q_log = F.log_softmax(q_logits.float(), dim=-1)
+    """KL(p ‖ q) for categorical distributions given by logits over the last dim, mean over rows;
+    in float32 at least (half-precision logits are promoted, float64 stays float64)."""
+    dtype = torch.promote_types(p_logits.dtype, torch.float32)
+    p_log = F.log_softmax(p_logits.to(dtype), dim=-1)
+    q_log = F.log_softmax(q_logits.to(dtype), dim=-1)
     return (p_log.exp() * (p_log - q_log)).sum(-1).mean()
 
 
 def _floats(parts: dict[str, torch.Tensor]) -> dict[str, float]:
     return {k: float(v.detach()) for k, v in parts.items() if k != "logits" and v.dim() == 0}
+
+
+@contextmanager
+def _eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    """Dropout off inside; every module's own train/eval flag is put back afterwards (a model may
+    hold frozen submodules in eval mode on purpose)."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, mode in modes:
+            m.training = mode
+
+
+def _logits(loss_fn: LossFn, model, batch: dict, embeds: torch.Tensor) -> torch.Tensor:
+    parts = loss_fn(model, batch, embeds)
+    if "logits" not in parts:
+        raise ValueError("regularizers.vat_epsilon needs the task's loss_fn to return 'logits'")
+    return parts["logits"]
+
+
+def vat_direction(model, batch: dict, loss_fn: LossFn, xi: float, iters: int,
+                  start: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(clean logits p(E₀), d): the dropout-free distribution and VAT's adversarial direction after
+    `iters` power iterations from `start` (default N(0, I)), d of unit norm per example. Runs in
+    eval mode: with dropout on, two forwards differ by their masks, a gradient that does not shrink
+    with ξ and drowns the curvature term (~ξ·λ), so d would follow the masks, not the model."""
+    core = _core(model)
+    with _eval_mode(model):
+        with torch.no_grad():
+            clean_embeds = core.embed(batch["input_ids"], batch.get("segment_ids"))     # (B, T, H)
+            clean = _logits(loss_fn, model, batch, clean_embeds)
+        d = torch.randn_like(clean_embeds) if start is None else start.to(clean_embeds)
+        for _ in range(iters):
+            d = (xi * _per_example_unit(d)).requires_grad_(True)
+            kl = _kl_logits(clean, _logits(loss_fn, model, batch, clean_embeds + d))
+            (d,) = torch.autograd.grad(kl, d)
+    return clean, _per_example_unit(d)
 
 
 def regularized_step(model, batch: dict, loss_fn: LossFn, cfg: RegularizerConfig | None,
@@ -131,9 +196,38 @@ def regularized_step(model, batch: dict, loss_fn: LossFn, cfg: RegularizerConfig
     return _embedding_step(model, batch, loss_fn, cfg, backward)
 
 
+def _embed_with_lookup(core, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(E, X): the embedding output and the word-embedding rows it was computed from, X captured by
+    a forward hook so the model's own embedding code runs unchanged."""
+    seen: list[torch.Tensor] = []
+    handle = core.embeddings.word_embeddings.register_forward_hook(lambda _m, _i, out: seen.append(out))
+    try:
+        embeds = core.embed(batch["input_ids"], batch.get("segment_ids"))
+    finally:
+        handle.remove()
+    return embeds, seen[0]
+
+
+def token_embedding_sq_norm(g_lookup: torch.Tensor, input_ids: torch.Tensor, pad_id: int | None) -> torch.Tensor:
+    """‖∇_W L‖² over the rows used, from the gradient at each lookup (B, T, H): the occurrences of a
+    token are summed into its row (as the gradient with respect to the matrix sums them) and the
+    padding row, which nn.Embedding never updates, is left out. Differentiable (create_graph)."""
+    ids = input_ids.reshape(-1)
+    rows, inverse = torch.unique(ids, return_inverse=True)
+    g = g_lookup.reshape(ids.numel(), -1)
+    per_row = g.new_zeros(rows.numel(), g.shape[1]).index_add(0, inverse, g)          # (rows, H)
+    if pad_id is not None:
+        per_row = per_row[rows != pad_id]
+    return per_row.pow(2).sum()
+
+
 def _embedding_step(model, batch, loss_fn, cfg, backward) -> dict[str, float]:
     core = _core(model)
-    embeds = core.embed(batch["input_ids"], batch.get("segment_ids"))               # (B, T, H)
+    at_tokens = bool(cfg.gradient_penalty) and cfg.gradient_penalty_at == "token_embeddings"
+    if at_tokens:
+        embeds, lookup = _embed_with_lookup(core, batch)                                 # (B, T, H) each
+    else:
+        embeds = core.embed(batch["input_ids"], batch.get("segment_ids"))               # (B, T, H)
     extra: dict[str, torch.Tensor] = {}
     if cfg.noise_std:
         noisy = embeds + cfg.noise_std * torch.randn_like(embeds)
@@ -143,49 +237,41 @@ def _embedding_step(model, batch, loss_fn, cfg, backward) -> dict[str, float]:
         parts = loss_fn(model, batch, embeds)
     loss = parts["loss"]
     total = loss
-    need_grad = cfg.fgm_epsilon or cfg.pgd_epsilon or cfg.gradient_penalty
-    if need_grad:
-        (g,) = torch.autograd.grad(loss, embeds, retain_graph=True, create_graph=bool(cfg.gradient_penalty))
+    if cfg.fgm_epsilon or cfg.pgd_epsilon or cfg.gradient_penalty:
+        wrt = [embeds, lookup] if at_tokens else [embeds]
+        grads = torch.autograd.grad(loss, wrt, retain_graph=True, create_graph=bool(cfg.gradient_penalty))
         if cfg.gradient_penalty:
-            gp = 0.5 * cfg.gradient_penalty * g.pow(2).sum()
-            extra["gp"] = gp
-            total = total + gp
-            g = g.detach()
-        if cfg.fgm_epsilon:
-            r = cfg.fgm_epsilon * _per_example_unit(g)
-            adv = loss_fn(model, batch, embeds + r)["loss"]
-            extra["adv_loss"] = adv
-            total = total + adv
-        elif cfg.pgd_epsilon:
-            r, gr, base = torch.zeros_like(embeds), g, embeds.detach()
-            step = cfg.pgd_alpha * cfg.pgd_epsilon
-            for k in range(cfg.pgd_steps):
-                if k:                                # the gradient at the current perturbation
-                    probe = (base + r).requires_grad_(True)
-                    (gr,) = torch.autograd.grad(loss_fn(model, batch, probe)["loss"], probe)
-                r = _project(r + step * _per_example_unit(gr), cfg.pgd_epsilon)
-            adv = loss_fn(model, batch, embeds + r.detach())["loss"]
-            extra["adv_loss"] = adv
-            total = total + adv
+            sq = (token_embedding_sq_norm(grads[1], batch["input_ids"], core.embeddings.word_embeddings.padding_idx)
+                  if at_tokens else grads[0].pow(2).sum())
+            extra["gp"] = 0.5 * cfg.gradient_penalty * sq
+            total = total + extra["gp"]
+        if cfg.fgm_epsilon or cfg.pgd_epsilon:
+            extra["adv_loss"] = _adversarial_loss(model, batch, loss_fn, cfg, embeds, grads[0].detach())
+            total = total + extra["adv_loss"]
     if cfg.vat_epsilon:
-        if "logits" not in parts:
-            raise ValueError("regularizers.vat_epsilon needs the task's loss_fn to return 'logits'")
-        clean = parts["logits"].detach()
-        d = torch.randn_like(embeds)
-        for _ in range(cfg.vat_iters):
-            d = (cfg.vat_xi * _per_example_unit(d)).requires_grad_(True)
-            kl = _kl_logits(clean, loss_fn(model, batch, embeds.detach() + d)["logits"])
-            (d,) = torch.autograd.grad(kl, d)
-        vat = cfg.vat_weight * _kl_logits(clean, loss_fn(model, batch, embeds + cfg.vat_epsilon
-                                                         * _per_example_unit(d.detach()))["logits"])
-        extra["vat"] = vat
-        total = total + vat
+        clean, d = vat_direction(model, batch, loss_fn, cfg.vat_xi, cfg.vat_iters)
+        extra["vat"] = cfg.vat_weight * _kl_logits(clean, _logits(loss_fn, model, batch, embeds + cfg.vat_epsilon * d))
+        total = total + extra["vat"]
     backward(total)
     out = _floats(parts)
     out.update(_floats(extra))
     out["task_loss"] = float(loss.detach())
     out["loss"] = float(total.detach())
     return out
+
+
+def _adversarial_loss(model, batch, loss_fn, cfg, embeds: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """L(E + r) with r from FGM (one step of ε) or PGD (K projected steps), g = ∇_E L at E."""
+    if cfg.fgm_epsilon:
+        return loss_fn(model, batch, embeds + cfg.fgm_epsilon * _per_example_unit(g))["loss"]
+    r, gr, base = torch.zeros_like(embeds), g, embeds.detach()
+    step = cfg.pgd_alpha * cfg.pgd_epsilon
+    for k in range(cfg.pgd_steps):
+        if k:                                # the gradient at the current perturbation
+            probe = (base + r).requires_grad_(True)
+            (gr,) = torch.autograd.grad(loss_fn(model, batch, probe)["loss"], probe)
+        r = _project(r + step * _per_example_unit(gr), cfg.pgd_epsilon)
+    return loss_fn(model, batch, embeds + r.detach())["loss"]
 
 
 def _weight_adversarial(model, batch, loss_fn, cfg, backward, steps: int, eps: float, alpha: float):
