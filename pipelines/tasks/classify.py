@@ -113,7 +113,7 @@ class ClassifyTask(Task):
         out = model(batch["input_ids"], batch["segment_ids"], batch["attention_mask"],
                     mask_mode=self.mask_mode, return_logits=False, inputs_embeds=inputs_embeds)
         loss = F.cross_entropy(out.class_logits.float(), batch["labels"])
-        return {"loss": loss, "classify": loss}
+        return {"loss": loss, "classify": loss, "logits": out.class_logits}        # VAT's distribution
 
     @torch.no_grad()
     def evaluate(self, model, batches: Iterable[dict], tokenizer) -> dict[str, float]:

@@ -88,6 +88,7 @@ def test_classify_encode_check_and_evaluate(tokenizer, make_model):
     parts = task.loss_fn(model, batch, None)
     logits = model(batch["input_ids"], batch["segment_ids"], batch["attention_mask"]).class_logits
     assert float(parts["loss"].detach()) == pytest.approx(float(torch.nn.functional.cross_entropy(logits, batch["labels"])))
+    torch.testing.assert_close(parts["logits"], logits)                # what VAT compares distributions of
     metrics = task.evaluate(model, [batch], tokenizer)
     pred = logits.argmax(-1).tolist()
     assert metrics["accuracy"] == pytest.approx(sum(p == g for p, g in zip(pred, [1, 0, 1])) / 3)
