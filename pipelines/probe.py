@@ -85,7 +85,9 @@ class ProbeSection:
     """`impact` (no gold: the word whose masking perturbs the others most) or `gold` (the gold root;
     needs gold heads, for comparisons with the paper)."""
     constituency: str = "mart"
-    """`mart`, `seed`, `right_branching` or `left_branching`."""
+    """`mart` (the authors' MART, Wu et al. 2020: reproduces the paper), `mart_block_means`
+    (bert4ray's earlier block-mean reading, what `mart` meant before), `seed`, `right_branching`
+    or `left_branching` (see components.probing.constituency)."""
     ignore_punct: bool = False
     """Leave UPOS PUNCT words out of UAS/UUAS."""
     token_budget: int = 4096
@@ -140,7 +142,7 @@ _CHOICES = {
     "probe.subword": ("first", "avg", "max"),
     "probe.dependency": ("eisner", "chu_liu_edmonds"),
     "probe.root": ("impact", "gold"),
-    "probe.constituency": ("mart", "seed", "right_branching", "left_branching"),
+    "probe.constituency": ("mart", "mart_block_means", "seed", "right_branching", "left_branching"),
 }
 
 
@@ -606,11 +608,13 @@ CALIBRATION_KEY = "perturbed_masking"
 
 
 def save_calibration(model_dir: Path, probe: ProbeSection, threshold: float | None) -> None:
-    """Merge the probe settings and threshold into the model's bert4ray.json (atomically)."""
+    """Merge the probe settings and threshold into the model's bert4ray.json (atomically). The
+    settings format tells readers that "mart" is the authors' MART."""
+    from components.probing.constituency import SETTINGS_FORMAT
     path = Path(model_dir) / "bert4ray.json"
     meta = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    meta[CALIBRATION_KEY] = {"layer": probe.layer, "distance": probe.distance, "subword": probe.subword,
-                             "threshold": threshold, "dependency": probe.dependency,
+    meta[CALIBRATION_KEY] = {"format": SETTINGS_FORMAT, "layer": probe.layer, "distance": probe.distance,
+                             "subword": probe.subword, "threshold": threshold, "dependency": probe.dependency,
                              "constituency": probe.constituency}
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(json.dumps(meta, indent=2, ensure_ascii=False), encoding="utf-8")

@@ -5,19 +5,24 @@ bert4ray.json key "perturbed_masking", which `bert4ray probe ... --set output.sa
 writes with the threshold it chose from a corpus. Without a calibrated threshold, each text is
 split at the Otsu threshold of its own boundary scores (fine for sentences, weak for very short
 texts: with fewer than two distinct scores a text is cut only at whitespace and clause breaks).
+Settings saved before `mart` meant the authors' MART keep their trees (read as `mart_block_means`,
+with a warning in the log).
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
 
 from components.config import read_bert4ray_json
-from components.probing.constituency import nested
+from components.probing.constituency import migrate_settings, nested
 from components.probing.prober import Prober
 from components.probing.segment import choose_threshold, segment
 from components.weights import model_fingerprint
+
+log = logging.getLogger(__name__)
 
 DEFAULTS = {"layer": -1, "distance": "euclidean", "subword": "first", "threshold": None,
             "dependency": "eisner", "constituency": "mart"}
@@ -26,7 +31,10 @@ DEFAULTS = {"layer": -1, "distance": "euclidean", "subword": "first", "threshold
 class Parser:
     def __init__(self, model_dir: str | Path, token_budget: int = 4096):
         self.model_dir = Path(model_dir)
-        self.settings = {**DEFAULTS, **(read_bert4ray_json(self.model_dir).get("perturbed_masking") or {})}
+        stored, note = migrate_settings(read_bert4ray_json(self.model_dir).get("perturbed_masking") or {})
+        if note:
+            log.warning("%s: %s", self.model_dir, note)
+        self.settings = {**DEFAULTS, **stored}
         s = self.settings
         self.prober = Prober.from_pretrained(self.model_dir, layer=s["layer"], distance=s["distance"],
                                              subword=s["subword"], token_budget=token_budget)

@@ -173,8 +173,8 @@ class ParseRequest(Strict):
     text: str = Field(min_length=1)
     dependency: Literal["eisner", "chu_liu_edmonds"] | None = None
     """Default: the model's calibrated choice, else eisner."""
-    constituency: Literal["mart", "seed", "right_branching", "left_branching"] | None = None
-    """Default: the model's calibrated choice, else mart."""
+    constituency: Literal["mart", "mart_block_means", "seed", "right_branching", "left_branching"] | None = None
+    """Default: the model's calibrated choice, else mart (the authors' MART)."""
     _check = field_validator("text")(nonempty)
 
 

@@ -4,7 +4,8 @@ constituency parsing from any masked LM, no fine-tuning. Plain PyTorch and numpy
     impact.py        impact matrices F[i][j] = d(H(x\\{i})_i, H(x\\{i,j})_i), batched across sentences
     segment.py       boundary scores, fixed / Otsu / Gaussian-mixture thresholds, segmentation
     dependency.py    Eisner (projective) and Chu-Liu-Edmonds (non-projective) trees
-    constituency.py  MART and the seed's top-down splits; right- / left-branching baselines
+    constituency.py  MART (the authors' and a block-mean variant), the seed's top-down splits; right- /
+                     left-branching baselines
     evaluate.py      segmentation P/R/F1 (SIGHAN), UAS / UUAS, unlabeled bracket F1
     treebank.py      CoNLL-U and bracketed-tree readers
 """

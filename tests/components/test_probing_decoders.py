@@ -1,6 +1,6 @@
 """Tree decoders against brute force: Eisner returns the best projective tree and Chu-Liu-Edmonds
-the best arborescence (over every head assignment, n <= 6); MART's and the seed's splits equal an
-exhaustive search of their objective."""
+the best arborescence (over every head assignment, n <= 6); the block-mean MART's and the seed's
+splits equal an exhaustive search of their objective (the authors' MART: test_probing_mart.py)."""
 
 import itertools
 
@@ -9,7 +9,7 @@ import pytest
 
 from components.probing.constituency import (
     left_branching,
-    mart,
+    mart_block_means,
     nested,
     parse_constituency,
     right_branching,
@@ -128,11 +128,11 @@ def objective_by_blocks(F, i, j, k):
     return F[L, L].mean() + F[R, R].mean() - F[L, R].mean() - F[R, L].mean()
 
 
-def brute_mart(F, i, j):
+def brute_block_means(F, i, j):
     if j - i == 1:
         return i
     k = max(range(i + 1, j), key=lambda k: (objective_by_blocks(F, i, j, k), -k))
-    return (brute_mart(F, i, k), brute_mart(F, k, j))
+    return (brute_block_means(F, i, k), brute_block_means(F, k, j))
 
 
 def brute_seed(F, words):
@@ -148,27 +148,27 @@ def brute_seed(F, words):
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 5, 8, 13])
-def test_mart_and_seed_equal_exhaustive_search(n):
+def test_block_means_and_seed_equal_exhaustive_search(n):
     rng = np.random.default_rng(n)
     for _ in range(20):
         F = rng.random((n, n))
         np.fill_diagonal(F, 0)
-        assert mart(F) == brute_mart(F, 0, n)
+        assert mart_block_means(F) == brute_block_means(F, 0, n)
         assert seed_tree(F) == brute_seed(F, list(range(n)))
         for i, j in [(0, n)] + [(a, b) for a in range(n) for b in range(a + 2, n + 1)][:10]:
             for k in range(i + 1, j):
                 assert split_objective(F, i, j, k) == pytest.approx(objective_by_blocks(F, i, j, k))
-        assert tree_leaves(mart(F)) == list(range(n))
+        assert tree_leaves(mart_block_means(F)) == list(range(n))
 
 
-def test_mart_recovers_a_block_structure():
+def test_block_means_recovers_a_block_structure():
     # Words {0,1,2} and {3,4} impact each other strongly inside, weakly across; inside the first
     # block {0,1} are tighter still.
     F = np.full((5, 5), 0.1)
     F[:3, :3], F[3:, 3:], F[:2, :2] = 1.0, 1.0, 2.0
     np.fill_diagonal(F, 0)
-    assert mart(F) == (((0, 1), 2), (3, 4))
-    assert tree_spans(mart(F)) == {(0, 2), (0, 3), (3, 5), (0, 5)}
+    assert mart_block_means(F) == parse_constituency(F, "mart_block_means") == (((0, 1), 2), (3, 4))
+    assert tree_spans(mart_block_means(F)) == {(0, 2), (0, 3), (3, 5), (0, 5)}
 
 
 def test_branching_baselines_and_rendering():
@@ -183,5 +183,6 @@ def test_branching_baselines_and_rendering():
         parse_constituency(np.zeros((3, 3)), "cky")
     bad = np.zeros((3, 3))
     bad[0, 1] = np.nan
-    with pytest.raises(ValueError, match="NaN"):
-        mart(bad)
+    for algorithm in ("mart", "mart_block_means", "seed"):
+        with pytest.raises(ValueError, match="NaN"):
+            parse_constituency(bad, algorithm)

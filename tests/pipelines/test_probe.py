@@ -55,6 +55,18 @@ def test_recipe_defaults_overrides_and_errors(tmp_path):
         load_probe_recipe(data={"model": {"path": "m"}})
 
 
+def test_constituency_choices_are_the_components_decoders():
+    from components.probing.constituency import ALGORITHMS
+    from pipelines.probe import _CHOICES
+    assert _CHOICES["probe.constituency"] == ALGORITHMS
+    base = {"model": {"path": "m"}, "data": {"files": ["a.jsonl"]}}
+    assert load_probe_recipe(data=base).probe.constituency == "mart"             # the authors' MART
+    assert load_probe_recipe(data=base, overrides=["probe.constituency=mart_block_means"]).probe.constituency \
+        == "mart_block_means"
+    with pytest.raises(RecipeError, match="valid: mart, mart_block_means, seed"):
+        load_probe_recipe(data=base, overrides=["probe.constituency=cky"])
+
+
 def test_corpus_readers(tmp_path):
     rows = parse_corpus_file("x.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in ROWS).encode())
     recs = [json.loads(r["record"]) for r in rows]
@@ -133,6 +145,7 @@ def test_probe_run_equals_the_components(ray_session, probe_setup, tmp_path):
     assert run.data.params["probe.distance"] == "euclidean"
     saved = json.loads((root / "model" / "bert4ray.json").read_text())["perturbed_masking"]
     assert saved["threshold"] == pytest.approx(result.threshold) and saved["layer"] == -1
+    assert saved["format"] == 2 and saved["constituency"] == "mart"              # read back as the authors' MART
 
 
 def test_probe_gold_root_and_errors(ray_session, probe_setup, tmp_path):
