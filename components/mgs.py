@@ -9,6 +9,11 @@ One step, with g the MLE gradient at θ:
     log w_k   = log softmax_k( β · (C(θ) − C(θ + Δ_k)) − log q(Δ_k) )
     update    = Σ_k w_k Δ_k,   handed to the optimizer as the gradient −update
 
+A tensor the MLE gradient never reaches (g_t = 0, e.g. SimBERT's pooler under the seq2seq loss) gets
+σ_t = 0 and Δ_t = 0 in every candidate and is left out of log q: MGS leaves it exactly as it was, as
+the authors' code does. `parameters` (glob patterns of parameter names) restricts MGS further: the
+gradient of every other tensor is zeroed before the proposals, so the same rule leaves it alone.
+
 Every Δ_k is a function of (g, σ, seed_k, component_k): evaluators regenerate it from its seed, so a
 candidate travels as two numbers, never as a copy of the model. The K candidates are drawn
 stratified from the mixture: round(K·π) from the guided component, the rest from the noise one
@@ -27,7 +32,8 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 
 import torch
 
@@ -47,6 +53,9 @@ class MGSConfig:
     """π: the share of candidates from the MLE-guided component N(−g, σ²); 0 = noise only."""
     density: str = "unit"
     """How log q is evaluated: `unit` variance (default) or the `proposal`'s own σ (see above)."""
+    parameters: list[str] = field(default_factory=list)
+    """Glob patterns of the parameter names MGS may change, e.g. ["layers.*", "mlm_*"]; empty = all.
+    Tensors outside them, and tensors with zero MLE gradient, keep their values exactly."""
 
     def check(self) -> None:
         if not (isinstance(self.num_candidates, int) and self.num_candidates >= 1):
@@ -59,6 +68,8 @@ class MGSConfig:
             raise ValueError(f"mixture must be in [0, 1], got {self.mixture!r}")
         if self.density not in DENSITIES:
             raise ValueError(f"density must be one of {', '.join(DENSITIES)}, got {self.density!r}")
+        if not all(isinstance(p, str) and p for p in self.parameters):
+            raise ValueError(f"parameters must be a list of name patterns, got {self.parameters!r}")
 
 
 @dataclass(frozen=True)
@@ -76,19 +87,33 @@ def draw_candidates(config: MGSConfig, step_seed: int) -> list[Candidate]:
     return [Candidate(int(s), k < guided) for k, s in enumerate(seeds)]
 
 
+def movable(names: Sequence[str], patterns: Sequence[str]) -> list[bool]:
+    """Which parameters MGS may change: those whose name matches one of `patterns` (all when
+    there are none). A pattern that matches nothing is an error, not a silent no-op."""
+    if not patterns:
+        return [True] * len(names)
+    unmatched = [p for p in patterns if not any(fnmatchcase(n, p) for n in names)]
+    if unmatched:
+        raise ValueError(f"mgs.parameters: {', '.join(map(repr, unmatched))} match no parameter name "
+                         f"(names look like {', '.join(names[:3])}, ...)")
+    return [any(fnmatchcase(n, p) for p in patterns) for n in names]
+
+
 def noise_scales(grads: Sequence[torch.Tensor], noise_scale: float) -> list[float]:
-    """σ_t = noise_scale · mean|g_t|; a tensor with zero gradient gets the smallest positive σ of the
-    others (or noise_scale when every gradient is zero), so its density stays defined."""
-    raw = [noise_scale * float(g.abs().mean()) if g.numel() else 0.0 for g in grads]
-    floor = min((s for s in raw if s > 0), default=noise_scale)
-    return [s if s > 0 else floor for s in raw]
+    """σ_t = noise_scale · mean|g_t|: 0 for a tensor with zero gradient, which MGS then leaves alone
+    (a positive σ there would only add noise that the cost may never see, e.g. the pooler's)."""
+    return [noise_scale * float(g.abs().mean()) if g.numel() else 0.0 for g in grads]
 
 
 def perturbation(grads: Sequence[torch.Tensor], sigmas: Sequence[float], candidate: Candidate) -> list[torch.Tensor]:
-    """Δ of one candidate, regenerated from its seed: the same on every process for the same inputs."""
+    """Δ of one candidate, regenerated from its seed: the same on every process for the same inputs.
+    Δ_t = 0 where σ_t = 0; such tensors draw nothing from the candidate's stream."""
     gen = torch.Generator().manual_seed(candidate.seed)
     out = []
     for g, s in zip(grads, sigmas):
+        if s == 0:
+            out.append(torch.zeros_like(g))
+            continue
         eps = torch.randn(g.shape, generator=gen, dtype=torch.float32).mul_(s).to(g.dtype)
         out.append(eps - g if candidate.guided else eps)
     return out
@@ -96,12 +121,15 @@ def perturbation(grads: Sequence[torch.Tensor], sigmas: Sequence[float], candida
 
 def log_q(delta: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], sigmas: Sequence[float],
           mixture: float, density: str = "unit") -> float:
-    """log of the proposal mixture density at Δ, summed over all parameters, in float64."""
+    """log of the proposal mixture density at Δ, in float64, over the tensors with σ > 0 (a tensor
+    with σ = 0 is not proposed: its Δ is 0 with certainty and has no density)."""
     if density not in DENSITIES:
         raise ValueError(f"density must be one of {', '.join(DENSITIES)}, got {density!r}")
     guided_sq = noise_sq = log_norm = 0.0
     dims = 0
     for d, g, s in zip(delta, grads, sigmas):
+        if s == 0:
+            continue
         scale = s if density == "proposal" else 1.0
         x = d.double().flatten()
         noise_sq += float(torch.dot(x, x)) / scale ** 2

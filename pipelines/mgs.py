@@ -8,7 +8,8 @@ with the K candidates of every step evaluated in parallel on Ray actors.
 One step (components/mgs.py has the update itself):
   1. a batch of training examples; C(θ) = 1 − metric of the current model's outputs (the recipe's
      decoding, greedy by default);
-  2. the MLE gradient g of the references' cross-entropy, clipped to `optim.max_grad_norm`;
+  2. the MLE gradient g of the references' cross-entropy, zeroed outside `mgs.parameters` and
+     clipped to `optim.max_grad_norm`; tensors with g = 0 (e.g. the pooler) are left alone;
   3. K candidates (seed, component); θ and g go once into the object store; every actor holds the
      model once, regenerates each of its candidates' Δ from the seed, loads θ + Δ, decodes the
      batch and returns (C(θ + Δ), log q(Δ));
@@ -37,6 +38,7 @@ from components.mgs import (
     load_parameters,
     log_q,
     log_weights,
+    movable,
     noise_scales,
     perturbation,
     update_direction,
@@ -284,6 +286,10 @@ def run_mgs(recipe: MGSRecipe, progress: bool = True, output: str | Path | None 
     system = GenerationSystem.from_pretrained(recipe.model, recipe.data.max_length)
     model, cfg = system.model, recipe.mgs
     params = list(model.parameters())
+    try:
+        may_change = movable([name for name, _ in model.named_parameters()], cfg.parameters)
+    except ValueError as exc:
+        raise RecipeError(str(exc)) from None
     opt = torch.optim.AdamW(params, lr=recipe.optim.lr, weight_decay=recipe.optim.weight_decay)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "recipe.yaml").write_text(_yaml(recipe), encoding="utf-8")
@@ -301,30 +307,8 @@ def run_mgs(recipe: MGSRecipe, progress: bool = True, output: str | Path | None 
         _say(progress, f"step 0/{recipe.steps}  dev {recipe.metric} {best:.4f}  ({len(train)} train, {len(dev)} dev)")
         dev_final = best
         for step in range(1, recipe.steps + 1):
-            t0 = time.perf_counter()
             batch = rng.sample(train, min(recipe.data.batch_size, len(train)))
-            refs = [e.references for e in batch]
-            with torch.no_grad():
-                cost = 1.0 - score(recipe.metric, system.decode(batch, recipe.decoding), refs)
-            loss, grads = system.mle_gradient(batch)
-            grad_norm = _clip_(grads, recipe.optim.max_grad_norm)
-            sigmas = noise_scales(grads, cfg.noise_scale)
-            candidates = draw_candidates(cfg, recipe.seed * 1_000_003 + step)
-            results = evaluators.evaluate(params, grads, sigmas, candidates, batch)
-            costs, lqs = [c for c, _ in results], [q for _, q in results]
-            log_w = log_weights(cost, costs, lqs, cfg.beta)
-            direction = update_direction(log_w, grads, sigmas, candidates)
-            opt.zero_grad(set_to_none=True)
-            for p, d in zip(params, direction):
-                p.grad = -d
-            update_norm = _clip_([p.grad for p in params], recipe.optim.max_grad_norm)
-            opt.step()
-            best_k = int(torch.argmax(log_w))
-            record = {"step": step, "cost": cost, "mle_loss": loss, "grad_norm": grad_norm,
-                      "update_norm": update_norm, "weight_entropy": weight_entropy(log_w),
-                      "candidate_cost_min": min(costs), "candidate_cost_mean": sum(costs) / len(costs),
-                      "top_weight": float(log_w.exp().max()), "top_guided": float(candidates[best_k].guided),
-                      "seconds": time.perf_counter() - t0}
+            record = mgs_step(recipe, system, opt, evaluators, batch, step, may_change)
             if step % recipe.eval_every == 0 or step == recipe.steps:
                 dev_final = system.evaluate(dev, recipe.metric, recipe.decoding)
                 record[f"dev_{recipe.metric}"] = dev_final
@@ -345,6 +329,37 @@ def run_mgs(recipe: MGSRecipe, progress: bool = True, output: str | Path | None 
         if evaluators.actors:
             evaluators.close()
     return MGSResult(out_dir / "model", out_dir, history, dev_start, best, dev_final, run.run_id)
+
+
+def mgs_step(recipe: MGSRecipe, system: GenerationSystem, opt: torch.optim.Optimizer, evaluators: Evaluators,
+             batch: list[Example], step: int, may_change: list[bool]) -> dict:
+    """One MGS step on `batch` (the module docstring's 1-4, without the dev score); the record logged."""
+    t0 = time.perf_counter()
+    cfg, params = recipe.mgs, list(system.model.parameters())
+    with torch.no_grad():
+        cost = 1.0 - score(recipe.metric, system.decode(batch, recipe.decoding), [e.references for e in batch])
+    loss, grads = system.mle_gradient(batch)
+    for g, ok in zip(grads, may_change):
+        if not ok:
+            g.zero_()                        # outside mgs.parameters: σ = 0, so Δ = 0 in every candidate
+    grad_norm = _clip_(grads, recipe.optim.max_grad_norm)
+    sigmas = noise_scales(grads, cfg.noise_scale)
+    candidates = draw_candidates(cfg, recipe.seed * 1_000_003 + step)
+    results = evaluators.evaluate(params, grads, sigmas, candidates, batch)
+    costs, lqs = [c for c, _ in results], [q for _, q in results]
+    log_w = log_weights(cost, costs, lqs, cfg.beta)
+    direction = update_direction(log_w, grads, sigmas, candidates)
+    opt.zero_grad(set_to_none=True)
+    for p, d, s in zip(params, direction, sigmas):
+        p.grad = -d if s > 0 else None       # no gradient at all: AdamW's weight decay skips it too
+    update_norm = _clip_([p.grad for p in params if p.grad is not None], recipe.optim.max_grad_norm)
+    opt.step()
+    best_k = int(torch.argmax(log_w))
+    return {"step": step, "cost": cost, "mle_loss": loss, "grad_norm": grad_norm,
+            "update_norm": update_norm, "weight_entropy": weight_entropy(log_w),
+            "candidate_cost_min": min(costs), "candidate_cost_mean": sum(costs) / len(costs),
+            "top_weight": float(log_w.exp().max()), "top_guided": float(candidates[best_k].guided),
+            "seconds": time.perf_counter() - t0}
 
 
 def _yaml(recipe: MGSRecipe) -> str:

@@ -14,6 +14,7 @@ from components.mgs import (
     draw_candidates,
     log_q,
     log_weights,
+    movable,
     noise_scales,
     perturbation,
     update_direction,
@@ -50,8 +51,39 @@ def test_noise_scales_are_mean_abs_gradient_per_tensor(grads):
     sigmas = noise_scales(grads, 2.0)
     for g, s in zip(grads, sigmas):
         assert s == pytest.approx(2.0 * float(g.abs().mean()), rel=1e-6)
-    zero = noise_scales([torch.zeros(3), torch.full((2,), 0.5)], 1.0)
-    assert zero == [pytest.approx(0.5), pytest.approx(0.5)]          # a zero gradient borrows the smallest σ
+    assert noise_scales([torch.zeros(3), torch.full((2,), 0.5)], 1.0) == [0.0, pytest.approx(0.5)]
+
+
+@pytest.mark.parametrize("density", ["unit", "proposal"])
+@pytest.mark.parametrize("mixture", [0.5, 0.0, 1.0])
+@pytest.mark.parametrize("guided", [True, False])
+def test_zero_gradient_tensors_are_not_proposed(grads, density, mixture, guided):
+    """σ = 0 and Δ = 0 for a tensor with zero gradient, and log q is the mixture density of the
+    other tensors alone: today's formula (torch.distributions) over those tensors, same draws."""
+    full = [torch.zeros(4, 4), grads[0], torch.zeros(6), grads[1], grads[2]]
+    sigmas = noise_scales(full, 0.7)
+    assert sigmas[0] == 0.0 and sigmas[2] == 0.0 and all(s > 0 for k, s in enumerate(sigmas) if k not in (0, 2))
+    delta = perturbation(full, sigmas, Candidate(seed=9, guided=guided))
+    assert torch.equal(delta[0], torch.zeros(4, 4)) and torch.equal(delta[2], torch.zeros(6))
+    assert all(float(d.abs().sum()) > 0 for k, d in enumerate(delta) if k not in (0, 2))
+    rest = [1, 3, 4]
+    ours = log_q(delta, full, sigmas, mixture, density)
+    direct = _direct_log_q([delta[k] for k in rest], [full[k] for k in rest], [sigmas[k] for k in rest],
+                           mixture, density)
+    assert ours == pytest.approx(direct, rel=1e-12, abs=1e-9)
+    log_w = torch.log(torch.tensor([0.6, 0.4], dtype=torch.float64))
+    cands = [Candidate(3, True), Candidate(4, False)]
+    direction = update_direction(log_w, full, sigmas, cands)
+    assert not direction[0].any() and not direction[2].any()
+
+
+def test_movable_matches_name_patterns():
+    names = ["mlm_bias", "embeddings.word_embeddings.weight", "layers.0.query.weight", "layers.1.query.weight",
+             "pooler.weight"]
+    assert movable(names, []) == [True] * 5
+    assert movable(names, ["layers.1.*", "mlm_*"]) == [True, False, False, True, False]
+    with pytest.raises(ValueError, match="'layer.*' match no parameter name"):
+        movable(names, ["layers.*", "layer.*"])
 
 
 def test_perturbation_is_regenerated_from_its_seed(grads):
@@ -141,7 +173,7 @@ def test_weight_entropy_bounds():
 
 
 @pytest.mark.parametrize("bad", [dict(num_candidates=0), dict(beta=-1.0), dict(noise_scale=0.0),
-                                 dict(mixture=1.5), dict(density="exact")])
+                                 dict(mixture=1.5), dict(density="exact"), dict(parameters=["pooler.*", ""])])
 def test_config_rejects_bad_values(bad):
     with pytest.raises(ValueError, match=next(iter(bad))):
         MGSConfig(**bad).check()

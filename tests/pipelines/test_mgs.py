@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from pipelines.cli import main
-from pipelines.mgs import CandidateWorker, Evaluators, load_mgs_recipe, run_mgs
+from pipelines.mgs import CandidateWorker, Evaluators, load_mgs_recipe, mgs_step, run_mgs
 from pipelines.objectives import GenerationSystem, read_examples
 from pipelines.recipe import RecipeError
 from tests.tiny_training import GROUPS, train_tiny_simbert
@@ -52,6 +52,71 @@ def test_recipe_errors_name_the_key(tmp_path, groups_file, mle_model):
         _recipe(mle_model, groups_file, tmp_path, mgs__mixture=2.0)
     with pytest.raises(RecipeError, match="unknown decoding setting 'topk'"):
         _recipe(mle_model, groups_file, tmp_path, decoding={"topk": 3})
+
+
+def test_parameter_patterns_that_match_nothing_are_named(tmp_path, groups_file, mle_model):
+    with pytest.raises(RecipeError, match="'layer.0.*' match no parameter name"):
+        run_mgs(_recipe(mle_model, groups_file, tmp_path, mgs__parameters=["layer.0.*"], tracking__enabled=False),
+                progress=False)
+
+
+def _mgs_steps(model_dir, data, tmp_path, patterns, steps=3, prepare=None):
+    """`steps` MGS steps in this process with AdamW weight decay on; (parameters before, the system)."""
+    from components.mgs import movable
+    recipe = _recipe(model_dir, data, tmp_path, mgs__parameters=patterns, mgs__noise_scale=5.0)
+    system = GenerationSystem.from_pretrained(model_dir, recipe.data.max_length)
+    if prepare:
+        prepare(system.model)
+    names = [n for n, _ in system.model.named_parameters()]
+    before = {n: p.detach().clone() for n, p in system.model.named_parameters()}
+    opt = torch.optim.AdamW(system.model.parameters(), lr=1e-2, weight_decay=0.1)
+    evaluators = Evaluators(recipe, system)
+    examples = read_examples(data)
+    system.model.eval()
+    for step in range(1, steps + 1):
+        mgs_step(recipe, system, opt, evaluators, examples, step, movable(names, recipe.mgs.parameters))
+    return before, system
+
+
+def test_zero_gradient_tensors_stay_bit_identical(tmp_path, groups_file, mle_model):
+    """Layer 0's attention is taken out of the loss (attn_out = 0, kept there by leaving it out of
+    mgs.parameters), so its query/key/value get zero gradient like the pooler under the seq2seq
+    loss: after MGS steps, with weight decay on, all of them are bit-identical; the rest moved."""
+    others = ["embeddings.*", "layers.0.[qkv]*", "layers.0.attn_norm.*", "layers.0.ffn*", "layers.1.*", "pooler.*",
+              "mlm_*"]
+
+    def cut_attention(model):
+        with torch.no_grad():
+            model.layers[0].attn_out.weight.zero_()
+            model.layers[0].attn_out.bias.zero_()
+
+    system = GenerationSystem.from_pretrained(mle_model, 48)
+    cut_attention(system.model)
+    _, grads = system.mle_gradient(read_examples(groups_file))
+    names = [n for n, _ in system.model.named_parameters()]
+    zero = {n for n, g in zip(names, grads) if not g.any()}
+    assert {"pooler.weight", "pooler.bias"} | {f"layers.0.{m}.{k}" for m in ("query", "key", "value")
+                                               for k in ("weight", "bias")} <= zero
+    assert "layers.0.attn_out.weight" not in zero                      # left alone only by the patterns
+    before, system = _mgs_steps(mle_model, groups_file, tmp_path, others, prepare=cut_attention)
+    after = dict(system.model.named_parameters())
+    for n in zero | {"layers.0.attn_out.weight", "layers.0.attn_out.bias"}:
+        assert torch.equal(after[n], before[n]), n
+    moved = [n for n in names if not torch.equal(after[n], before[n])]
+    assert len(moved) == len(names) - len(zero | {"layers.0.attn_out.weight", "layers.0.attn_out.bias"})
+
+
+def test_retrieval_vectors_do_not_drift(tmp_path, groups_file, mle_model):
+    """MGS may change the pooler and the LM head; the pooler's gradient is zero under the seq2seq
+    loss, so the encoder vectors stay exactly what they were while the head moves."""
+    from components.simbert import SimBERT
+    texts = [t for group in read_examples(groups_file)[:4] for t in group.source]
+    start = SimBERT.from_pretrained(mle_model).encode(texts)
+    before, system = _mgs_steps(mle_model, groups_file, tmp_path, ["pooler.*", "mlm_*"])
+    after = dict(system.model.named_parameters())
+    assert torch.equal(after["pooler.weight"], before["pooler.weight"])
+    assert not torch.equal(after["mlm_transform.weight"], before["mlm_transform.weight"])
+    assert (SimBERT(system.model, system.tokenizer).encode(texts) == start).all()
 
 
 def test_cli_bad_recipe_exits_2(tmp_path, capsys):
