@@ -2,10 +2,16 @@
 
     python -m serving [CONFIG.yaml] [--model DIR|URI] [--index DIR] [--chat-model DIR|URI]
                       [--attribution-model DIR|URI] [--parser-model DIR|URI]
-                      [--host 127.0.0.1] [--port 8000] [--address RAY_ADDRESS]
+                      [--host 127.0.0.1] [--port 8000] [--address RAY_ADDRESS] [--ready-timeout 60]
 
-`bert4ray serve` runs this module. CONFIG is a Serve config file (serving/config.yaml); flags
-override its first application's args and its http_options.
+`bert4ray serve` runs this module. CONFIG is a Serve config file (serving/config.yaml) and is
+deployed exactly as `serve run CONFIG` deploys it (its `deployments:`, `runtime_env` and
+`logging_config` included); the flags override its first application's args and its http_options.
+Without CONFIG, the flags make a config of one application, `serving.app:build_app`.
+
+Exit codes: 0 after Ctrl-C / SIGTERM; 2 for input that is wrong before anything starts (a missing
+model directory, an index built by another model, a bad config); 1 when a deployment cannot be
+placed or fails to start within --ready-timeout seconds (one line says which and why).
 """
 
 from __future__ import annotations
@@ -15,14 +21,15 @@ import os
 import signal
 import sys
 import threading
-from pathlib import Path
 
-import yaml
+from serving.checks import InputError, prepare_config
+
+APP_FLAGS = ("model", "index", "chat_model", "attribution_model", "parser_model")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m serving", description=__doc__.splitlines()[0])
-    p.add_argument("config", nargs="?", help="Serve config YAML (applications[0].args, http_options)")
+    p.add_argument("config", nargs="?", help="Serve config YAML (deployed as `serve run` deploys it)")
     p.add_argument("--model", help="SimBERT model directory or MLflow model URI")
     p.add_argument("--index", help="index directory built by `bert4ray index`")
     p.add_argument("--chat-model", help="dialogue model directory or MLflow model URI")
@@ -31,59 +38,74 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--host", default=None, help="bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=None, help="port (default 8000)")
     p.add_argument("--address", default=os.environ.get("RAY_ADDRESS"), help="Ray cluster to join")
+    p.add_argument("--ready-timeout", type=float, default=60.0, metavar="SECONDS",
+                   help="give up when the application is not running after this long (default 60)")
     return p.parse_args(argv)
 
 
-def load_settings(args: argparse.Namespace) -> tuple[dict, str, int]:
-    app_args: dict = {}
-    http = {}
-    if args.config:
-        path = Path(args.config)
-        if not path.is_file():
-            raise FileNotFoundError(f"Serve config '{path}' does not exist")
-        config = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        apps = config.get("applications") or []
-        if apps:
-            app_args = dict(apps[0].get("args") or {})
-        http = config.get("http_options") or {}
-    for key in ("model", "index", "chat_model", "attribution_model", "parser_model"):
-        value = getattr(args, key)
-        if value:
-            app_args[key] = value
-    host = args.host or http.get("host", "127.0.0.1")
-    port = args.port or int(http.get("port", 8000))
-    return app_args, host, port
+def _start_ray(address: str | None) -> bool:
+    """Join `address`, or start a local Ray that declares exactly this machine's CPUs. Returns
+    whether this process started it."""
+    import ray
+
+    from serving.resources import local_cpus
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if address:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+        return False
+    # "local": a Ray of our own even when another runs on this machine (e.g. from `ray start`)
+    ray.init(address="local", num_cpus=local_cpus(), include_dashboard=False, log_to_driver=False)
+    return True
+
+
+def _deploy(config) -> list[str]:
+    """What `serve run CONFIG` does: start Serve with the config's HTTP options, submit the config."""
+    from ray.serve._private.api import serve_start
+    from ray.serve.config import gRPCOptions
+
+    client = serve_start(http_options=config.http_options.model_dump(), proxy_location=config.proxy_location,
+                         grpc_options=gRPCOptions(**config.grpc_options.model_dump()))
+    client.deploy_apps(config, _blocking=False)
+    return [app.name for app in config.applications]
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
-        app_args, host, port = load_settings(args)
-        from serving.app import AppArgs, build_app
-        app = build_app(AppArgs(**app_args))
-    except Exception as exc:  # noqa: BLE001 - configuration errors are reported as one line
+        config = prepare_config(args.config, {k: getattr(args, k) for k in APP_FLAGS},
+                                host=args.host, port=args.port)
+    except InputError as exc:
         print(f"bert4ray serve: error: {exc}", file=sys.stderr)
         return 2
 
     import ray
     from ray import serve
 
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    started_ray = not ray.is_initialized() and not args.address
-    ray.init(address=args.address, include_dashboard=False, log_to_driver=False) if args.address else \
-        ray.init(include_dashboard=False, log_to_driver=False)
+    from serving.readiness import NotReady, describe, wait_until_running
+
+    started_ray = _start_ray(args.address)
     stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in (signal.SIGINT, signal.SIGTERM):      # after ray.init, which installs its own
         signal.signal(sig, lambda *_: stop.set())
     try:
-        serve.start(http_options={"host": host, "port": port})
-        serve.run(app, name="bert4ray", route_prefix="/", blocking=False)
+        names = _deploy(config)
+        if not wait_until_running(names, args.ready_timeout, cancelled=stop.is_set):
+            return 0
+        host, port = config.http_options.host, config.http_options.port
         shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-        print(f"bert4ray is serving at http://{shown}:{port}/  (API docs: /docs)  — Ctrl-C to stop", flush=True)
+        got = "; ".join(f"{name}: {describe(name)}" for name in names)
+        cpus = ray.cluster_resources().get("CPU", 0)
+        print(f"bert4ray is serving at http://{shown}:{port}/  (API docs: /docs)  — Ctrl-C to stop\n"
+              f"  resources per replica, on a Ray of {cpus:g} CPUs ({'started here' if started_ray else 'joined'}) "
+              f"— {got}", flush=True)
         stop.wait()
         print("stopping ...", flush=True)
         return 0
-    except Exception as exc:  # noqa: BLE001 - deployment failures (bad model dir, port in use) end here
+    except NotReady as exc:
+        print(f"bert4ray serve: error: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # noqa: BLE001 - anything else Serve raises (port in use, ...) ends here
         print(f"bert4ray serve: error: {str(exc).strip().splitlines()[-1][:500]}", file=sys.stderr)
         return 1
     finally:

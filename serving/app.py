@@ -24,6 +24,7 @@ from serving.deployments import (
     RetrieverDeployment,
 )
 from serving.ingress import Ingress
+from serving.resources import INGRESS_CPUS
 from serving.schemas import Limits
 
 
@@ -47,7 +48,9 @@ class Scaling(BaseModel):
     """A count, or "auto" to use `autoscaling`."""
     autoscaling: dict | None = None
     """Ray Serve autoscaling_config, e.g. {min_replicas: 1, max_replicas: 4, target_ongoing_requests: 8}."""
-    num_cpus: float = Field(1.0, gt=0)
+    num_cpus: float | None = Field(None, gt=0)
+    """CPUs per model replica; unset: the cluster's CPUs less the ingress' share, split among the
+    model replicas (see serving/resources.py)."""
     max_ongoing_requests: int = Field(64, ge=1)
     ingress_max_ongoing_requests: int = Field(256, ge=1)
     """The ingress only awaits the model deployments, so it admits many requests at once. Serve's
@@ -77,8 +80,7 @@ class AppArgs(BaseModel):
 
 
 def _options(scaling: Scaling) -> dict:
-    opts = {"ray_actor_options": {"num_cpus": scaling.num_cpus},
-            "max_ongoing_requests": scaling.max_ongoing_requests}
+    opts = {"max_ongoing_requests": scaling.max_ongoing_requests}
     if scaling.num_replicas == "auto" or scaling.autoscaling:
         opts["autoscaling_config"] = scaling.autoscaling or {"min_replicas": 1, "max_replicas": 2}
     else:
@@ -92,29 +94,49 @@ def _max_replicas(scaling: Scaling) -> int:
     return opts["num_replicas"]
 
 
+def model_deployments(args: AppArgs) -> list[str]:
+    """The model deployments that `args` asks for, by name."""
+    names = ["retriever", "generator"] if args.model else []
+    return names + [name for name, given in (("chat", args.chat_model), ("attributor", args.attribution_model),
+                                             ("parser", args.parser_model)) if given]
+
+
+def cpus_per_replica(args: AppArgs) -> dict[str, float]:
+    """`scaling.num_cpus` where given, else the cluster's CPUs split among the model replicas."""
+    names = model_deployments(args)
+    if args.scaling.num_cpus is not None:
+        return dict.fromkeys(names, args.scaling.num_cpus)
+    from serving.resources import cluster_cpus, split_cpus
+    return split_cpus(dict.fromkeys(names, _max_replicas(args.scaling)), *cluster_cpus())
+
+
 def build_app(args: dict | AppArgs) -> Application:
     args = args if isinstance(args, AppArgs) else AppArgs(**args)
     if not (args.model or args.chat_model or args.attribution_model or args.parser_model):
         raise ValueError("nothing to serve: give model (SimBERT), chat_model, attribution_model and/or parser_model")
     if args.index and not args.model:
         raise ValueError("an index needs the model that built it: give model as well")
-    opts = _options(args.scaling)
+    cpus = cpus_per_replica(args)
+
+    def opts(name: str) -> dict:
+        return {**_options(args.scaling), "ray_actor_options": {"num_cpus": cpus[name]}}
     batching = args.batching.model_dump()
     bound = {}
     if args.model:
-        bound["retriever"] = RetrieverDeployment.options(**opts).bind(args.model, args.index, batching,
-                                                                       args.max_length)
-        bound["generator"] = GeneratorDeployment.options(**opts).bind(args.model, batching, args.max_length)
+        bound["retriever"] = RetrieverDeployment.options(**opts("retriever")).bind(
+            args.model, args.index, batching, args.max_length)
+        bound["generator"] = GeneratorDeployment.options(**opts("generator")).bind(
+            args.model, batching, args.max_length)
     if args.chat_model:
-        bound["chat"] = ChatDeployment.options(**opts).bind(args.chat_model)
+        bound["chat"] = ChatDeployment.options(**opts("chat")).bind(args.chat_model)
     if args.attribution_model:
-        bound["attributor"] = AttributorDeployment.options(**opts).bind(args.attribution_model, batching)
+        bound["attributor"] = AttributorDeployment.options(**opts("attributor")).bind(args.attribution_model, batching)
     if args.parser_model:
-        bound["parser"] = ParserDeployment.options(**opts).bind(args.parser_model, batching)
+        bound["parser"] = ParserDeployment.options(**opts("parser")).bind(args.parser_model, batching)
     # The key travels from the environment of the process that builds the app (serve run,
     # bert4ray serve) to the ingress replicas, never through a config file.
     env = {args.api_key_env: os.environ[args.api_key_env]} if os.environ.get(args.api_key_env) else {}
-    ingress_opts = {"num_cpus": 0.1, **({"runtime_env": {"env_vars": env}} if env else {})}
+    ingress_opts = {"num_cpus": INGRESS_CPUS, **({"runtime_env": {"env_vars": env}} if env else {})}
     return Ingress.options(ray_actor_options=ingress_opts,
                            max_ongoing_requests=args.scaling.ingress_max_ongoing_requests).bind(
         limits=args.limits.model_dump(), api_key_env=args.api_key_env, batching=batching,
@@ -133,4 +155,9 @@ def _env_args() -> dict:
     return args
 
 
-app = build_app(_env_args())
+def __getattr__(name: str):
+    """`serve run serving.app:app` builds the app when it asks for it, not when the module is
+    imported (the builder reads the cluster's CPUs, and importing must stay cheap)."""
+    if name == "app":
+        return build_app(_env_args())
+    raise AttributeError(f"module 'serving.app' has no attribute {name!r}")

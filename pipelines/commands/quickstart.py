@@ -132,9 +132,11 @@ def run(args) -> int:
         console.print(table)
     db = workdir / "mlflow.db"
     console.rule(f"[bold]done in {time.perf_counter() - t0:.0f} s")
+    # soft_wrap: commands stay on one line, whatever the terminal's width, so they paste as they are
     console.print(f"MLflow run {result.mlflow_run_id}:  mlflow ui --backend-store-uri sqlite:///{db}  "
-                  "(then open http://127.0.0.1:5000)")
-    console.print(f"Serve it:  bert4ray serve --model {result.model_dir} --index {workdir / 'index'}")
+                  "(then open http://127.0.0.1:5000)", soft_wrap=True)
+    console.print(f"Serve it:  bert4ray serve --model {result.model_dir} --index {workdir / 'index'}",
+                  soft_wrap=True)
     (workdir / "quickstart.json").write_text(json.dumps(
         {"metrics": metrics, "train_metrics": result.metrics, "mlflow_run_id": result.mlflow_run_id,
          "seconds": time.perf_counter() - t0}, indent=2), encoding="utf-8")

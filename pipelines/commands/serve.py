@@ -1,5 +1,6 @@
 """`bert4ray serve [CONFIG.yaml] [--model DIR|URI] [--index DIR] [--chat-model DIR|URI]
-                [--attribution-model DIR|URI] [--parser-model DIR|URI] [--host H] [--port P]`
+                [--attribution-model DIR|URI] [--parser-model DIR|URI] [--host H] [--port P]
+                [--ready-timeout S]`
 
 Runs the Serve application (the `serving` package) in a child process: `python -m serving`. The CLI
 lives in `pipelines`, which never imports `serving`, so the two meet only through this process
@@ -27,13 +28,16 @@ def add_arguments(parser) -> None:
     parser.add_argument("--host", help="bind address (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port (default 8000)")
     parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
+    parser.add_argument("--ready-timeout", type=float, metavar="SECONDS",
+                        help="exit 1 with the reason when the app is not running after this long (default 60)")
 
 
 def serving_command(args) -> list[str]:
     cmd = [sys.executable, "-m", "serving"]
     if args.config:
         cmd.append(args.config)
-    for flag in ("model", "index", "chat_model", "attribution_model", "parser_model", "host", "port", "address"):
+    for flag in ("model", "index", "chat_model", "attribution_model", "parser_model", "host", "port", "address",
+                 "ready_timeout"):
         value = getattr(args, flag, None)
         if value is not None:
             cmd += [f"--{flag.replace('_', '-')}", str(value)]
