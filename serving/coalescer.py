@@ -3,9 +3,10 @@
 `@serve.batch` cuts a batch when its wait is over whether or not the model can take it, so under
 load it sends many small batches that queue behind each other. A Coalescer keeps at most
 `inflight` calls outstanding instead: while they are all busy, requests accumulate, and they
-leave together as soon as a call returns, without waiting further. When a call is free, a request
-waits at most `wait_s` (from its arrival) for others to join it. No call carries more than
-`max_batch_size`.
+leave together as soon as a call returns, without waiting further. With no call in flight, a
+request leaves at once (waiting would only add latency: nothing else is running to gather behind);
+with some in flight and one more allowed, it waits at most `wait_s` (from its arrival) for others
+to join it. No call carries more than `max_batch_size`.
 """
 
 from __future__ import annotations
@@ -55,10 +56,10 @@ class Coalescer:
         loop = asyncio.get_running_loop()
         while True:
             await self._wait_for(lambda: self._live() > 0, None)
-            busy = self._slots.locked()
+            busy, running = self._slots.locked(), bool(self._calls)
             await self._slots.acquire()
             # Requests that queued while every call was busy have waited long enough: they go now.
-            if not busy and self.wait_s > 0 and 0 < self._live() < self.max_batch_size:
+            if running and not busy and self.wait_s > 0 and 0 < self._live() < self.max_batch_size:
                 deadline = self._queue[0].arrived + self.wait_s
                 await self._wait_for(lambda: self._live() >= self.max_batch_size, deadline - loop.time())
             batch = []

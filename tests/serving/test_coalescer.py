@@ -57,17 +57,34 @@ def test_while_the_call_is_busy_arrivals_gather_and_leave_together_without_a_sec
         c = Coalescer(model, max_batch_size=16, wait_s=0.5, inflight=1)
         t0 = asyncio.get_running_loop().time()
         first = asyncio.ensure_future(c.submit(0))
-        await asyncio.sleep(0.55)                       # 0 has left alone after its 0.5 s wait
+        await asyncio.sleep(0.05)                       # 0 left at once: nothing was running
         rest = [asyncio.ensure_future(c.submit(i)) for i in range(1, 6)]
         await asyncio.sleep(0.01)
         more = [asyncio.ensure_future(c.submit(i)) for i in range(6, 9)]
         await asyncio.gather(first, *rest, *more)
         return model, [s - t0 for s in model.started]
     model, started = run(main())
-    # 1..8 arrived while 0 was being answered: one call as soon as it returned (≈ 0.7 s), not
-    # after a wait of their own (≈ 1.05 s).
+    # 1..8 arrived while 0 was being answered: one call as soon as it returned (≈ 0.2 s), not
+    # after a wait of their own (≈ 0.55 s).
     assert model.calls == [[0], list(range(1, 9))]
-    assert started[0] == pytest.approx(0.5, abs=0.1) and started[1] == pytest.approx(0.7, abs=0.15)
+    assert started[0] == pytest.approx(0.0, abs=0.05) and started[1] == pytest.approx(0.2, abs=0.1)
+
+
+def test_an_idle_model_gets_a_lone_request_at_once_and_a_running_one_gathers():
+    async def main():
+        model = Model(0.5)
+        c = Coalescer(model, max_batch_size=16, wait_s=0.1, inflight=2)
+        t0 = asyncio.get_running_loop().time()
+        first = asyncio.ensure_future(c.submit(0))      # idle: no wait for the batch window
+        await asyncio.sleep(0.05)
+        second = asyncio.ensure_future(c.submit(1))     # 0 is running and a call is free: 1 waits
+        await asyncio.sleep(0.03)                       # for others, at most 0.1 s from its arrival
+        third = asyncio.ensure_future(c.submit(2))
+        await asyncio.gather(first, second, third)
+        return model, [s - t0 for s in model.started]
+    model, started = run(main())
+    assert model.calls == [[0], [1, 2]]
+    assert started[0] == pytest.approx(0.0, abs=0.03) and started[1] == pytest.approx(0.15, abs=0.05)
 
 
 def test_a_failed_call_fails_its_own_requests_only_and_an_answer_may_be_an_error():
