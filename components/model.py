@@ -291,7 +291,9 @@ class Transformer(nn.Module):
         from components.weights import load_model
         return load_model(cls, model_dir, config=config, report=report)
 
-    def save_pretrained(self, model_dir: str | Path, metadata: dict | None = None) -> None:
-        """Write config.json, model.safetensors (Hugging Face names) and bert4ray.json atomically."""
+    def save_pretrained(self, model_dir: str | Path, metadata: dict | None = None,
+                        lowercase: bool | None = None) -> None:
+        """Write config.json, model.safetensors (Hugging Face names), bert4ray.json and, with a
+        vocabulary, the Hugging Face tokenizer files, atomically (see `components.weights.save_model`)."""
         from components.weights import save_model
-        save_model(self, model_dir, metadata=metadata)
+        save_model(self, model_dir, metadata=metadata, lowercase=lowercase)

@@ -2,7 +2,9 @@
 
 Chinese characters are split one by one (BERT's normaliser puts spaces around CJK ideographs);
 pairs get segment ids 0 / 1; batches are padded and truncated; decoding joins Chinese without
-spaces. Ids match `transformers.BertTokenizerFast` for the same vocabulary and casing.
+spaces. Ids match `transformers.BertTokenizerFast` for the same vocabulary and casing, and
+`save_pretrained` writes the Hugging Face files (`tokenizer.json`, `tokenizer_config.json`,
+`special_tokens_map.json`) that `AutoTokenizer` loads to the same ids.
 """
 
 from __future__ import annotations
@@ -14,10 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from tokenizers import AddedToken, decoders, models, normalizers, pre_tokenizers, processors
 from tokenizers import Tokenizer as HFTokenizer
-from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+# transformers' names for them (tokenizer_config.json, special_tokens_map.json).
+SPECIAL_TOKEN_NAMES = {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]",
+                       "sep_token": "[SEP]", "mask_token": "[MASK]"}
 
 
 @dataclass
@@ -76,6 +81,8 @@ class Tokenizer:
             single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
             special_tokens=[("[CLS]", self.cls_id), ("[SEP]", self.sep_id)])
         tok.decoder = decoders.WordPiece(prefix="##")
+        # As in Hugging Face's BERT tokenizers: "[SEP]" written in a text is the token itself.
+        tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS])
         self._tok = tok
         self._by_length: dict[int, HFTokenizer] = {}
 
@@ -96,13 +103,25 @@ class Tokenizer:
                           if conf.is_file() else 512)
         return cls(model_dir / "vocab.txt", lowercase=lowercase, max_length=max_length)
 
-    def save_pretrained(self, model_dir: str | Path) -> None:
+    def save_pretrained(self, model_dir: str | Path, model_max_length: int | None = None) -> None:
+        """Write vocab.txt and the Hugging Face tokenizer files. `model_max_length` (what
+        `truncation=True` cuts to) defaults to the directory's max_position_embeddings."""
         model_dir = Path(model_dir)
         model_dir.mkdir(parents=True, exist_ok=True)
         if self.vocab_file.resolve() != (model_dir / "vocab.txt").resolve():
             shutil.copyfile(self.vocab_file, model_dir / "vocab.txt")
-        (model_dir / "tokenizer_config.json").write_text(
-            json.dumps({"do_lower_case": self.lowercase, "tokenizer_class": "BertTokenizer"}), encoding="utf-8")
+        if model_max_length is None:
+            conf = model_dir / "config.json"
+            model_max_length = (json.loads(conf.read_text(encoding="utf-8")).get("max_position_embeddings")
+                                if conf.is_file() else None) or self.max_length
+        (model_dir / "tokenizer.json").write_text(self._tok.to_str(pretty=True), encoding="utf-8")
+        config = {"tokenizer_class": "BertTokenizer", "do_lower_case": self.lowercase,
+                  "tokenize_chinese_chars": True, "strip_accents": None,
+                  "model_max_length": int(model_max_length), "clean_up_tokenization_spaces": True,
+                  **SPECIAL_TOKEN_NAMES}
+        for name, content in (("tokenizer_config.json", config), ("special_tokens_map.json", SPECIAL_TOKEN_NAMES)):
+            (model_dir / name).write_text(json.dumps(content, indent=2, ensure_ascii=False) + "\n",
+                                          encoding="utf-8")
 
     # --- encoding ---------------------------------------------------------------------------
     def tokenize(self, text: str) -> list[str]:

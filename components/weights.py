@@ -150,13 +150,17 @@ def model_fingerprint(model_dir: str | Path) -> str:
     return h.hexdigest()
 
 
-def save_model(model, model_dir, metadata: dict | None = None) -> None:
+def save_model(model, model_dir, metadata: dict | None = None, lowercase: bool | None = None) -> None:
     """Write the model directory atomically. `metadata` merges into bert4ray.json (task, decoding
-    defaults, ...); a vocab.txt already in place (or given as metadata['vocab_file']) is kept."""
+    defaults, ...); a vocab.txt already in place (or given as metadata['vocab_file']) is kept, and
+    with it go the Hugging Face tokenizer files (`lowercase`: the casing, default the directory's
+    tokenizer_config.json, else lowercased), so a re-save also fills them into an older directory."""
     model_dir = Path(model_dir)
     metadata = dict(metadata or {})
     vocab_src = metadata.pop("vocab_file", None)
     previous = read_bert4ray_json(model_dir) if model_dir.is_dir() else {}
+    if lowercase is None:
+        lowercase = _previous_lowercase(model_dir)
     with atomic_directory(model_dir) as tmp:
         tensors = {internal_to_hf(n): t.detach().to("cpu").contiguous()
                    for n, t in model.state_dict().items()}
@@ -168,7 +172,19 @@ def save_model(model, model_dir, metadata: dict | None = None) -> None:
         meta["format_version"] = 1
         meta["model"] = model.config.bert4ray_dict()
         (tmp / "bert4ray.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False), encoding="utf-8")
-        for name in ("vocab.txt", "tokenizer_config.json", "special_tokens_map.json"):
-            src = Path(vocab_src) if (name == "vocab.txt" and vocab_src) else model_dir / name
-            if src.is_file():
-                shutil.copyfile(src, tmp / name)
+        src = Path(vocab_src) if vocab_src else model_dir / "vocab.txt"
+        if src.is_file():
+            from components.tokenizer import Tokenizer
+            shutil.copyfile(src, tmp / "vocab.txt")
+            Tokenizer(tmp / "vocab.txt", lowercase=lowercase).save_pretrained(
+                tmp, model_max_length=model.config.max_position_embeddings)
+
+
+def _previous_lowercase(model_dir: Path) -> bool:
+    path = model_dir / "tokenizer_config.json"
+    if path.is_file():
+        try:
+            return bool(json.loads(path.read_text(encoding="utf-8")).get("do_lower_case", True))
+        except json.JSONDecodeError:
+            log.warning("%s: not valid JSON; the tokenizer files are written lowercased", path)
+    return True

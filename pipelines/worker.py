@@ -256,8 +256,5 @@ def export(module, state_dict, model_cfg: ModelConfig, out: Path, config: dict) 
     vocab.write_text(config["vocab_text"], encoding="utf-8")
     recipe = config["recipe"]
     fresh.save_pretrained(out, metadata={"vocab_file": str(vocab), "task": recipe.task.name,
-                                         **config.get("metadata", {})})
+                                         **config.get("metadata", {})}, lowercase=recipe.model.lowercase)
     vocab.unlink()
-    (out / "tokenizer_config.json").write_text(
-        json.dumps({"do_lower_case": recipe.model.lowercase, "tokenizer_class": "BertTokenizer"}),
-        encoding="utf-8")
