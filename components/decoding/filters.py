@@ -1,5 +1,5 @@
-"""Logit processors: temperature, repetition controls, top-k and nucleus filtering, and their
-consistent variants that never remove EOS.
+"""The tensor operations behind the logits processors (processors.py): repetition controls, top-k
+and nucleus masks, and their consistent variants that never remove EOS.
 
 Ties: candidates are ordered by descending logit with a *stable* sort, so among equal logits the
 lower token id ranks first. top-k keeps exactly k tokens in that order; nucleus keeps the shortest
@@ -42,21 +42,25 @@ def top_p_mask(logits: torch.Tensor, p: float) -> torch.Tensor:
 
 def filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None, eos_id: int | None = None,
                   consistent: bool = False) -> torch.Tensor:
-    """Set filtered tokens to -inf (returns `logits` itself when nothing is filtered). With
+    """Set filtered tokens to -inf: top-k, then the nucleus of what top-k kept (the order of the
+    processor chain and of transformers). Returns `logits` itself when nothing is filtered. With
     `consistent`, EOS keeps its logit whatever the filters say."""
     if consistent and eos_id is None:
         raise ValueError("consistent decoding needs the EOS token id")
-    keep = None
+    keep_id = eos_id if consistent else None
+    out = logits
     if top_k is not None:
-        keep = top_k_mask(logits, top_k)
+        out = apply_mask(out, top_k_mask(out, top_k), keep_id)
     if top_p is not None and top_p < 1.0:
-        nucleus = top_p_mask(logits, top_p)
-        keep = nucleus if keep is None else keep & nucleus
-    if keep is None:                                            # nothing filtered
-        return logits
-    if consistent:
-        keep[:, eos_id] = True
-    return torch.where(keep, logits, NEG_INF)
+        out = apply_mask(out, top_p_mask(out, top_p), keep_id)
+    return out
+
+
+def apply_mask(scores: torch.Tensor, keep: torch.Tensor, keep_id: int | None = None) -> torch.Tensor:
+    """-inf where `keep` is False; token `keep_id` (EOS, for consistent decoding) is always kept."""
+    if keep_id is not None:
+        keep[:, keep_id] = True
+    return torch.where(keep, scores, NEG_INF)
 
 
 def apply_repetition_penalty(logits: torch.Tensor, generated: torch.Tensor, penalty: float) -> torch.Tensor:
@@ -64,8 +68,9 @@ def apply_repetition_penalty(logits: torch.Tensor, generated: torch.Tensor, pena
     positive and logit × penalty otherwise."""
     if penalty == 1.0 or generated.shape[1] == 0:
         return logits
-    ids = generated.clamp_min(0)
-    seen = torch.zeros_like(logits, dtype=torch.bool).scatter_(1, ids, generated >= 0)
+    N, V = logits.shape
+    ids = generated.masked_fill(generated < 0, V)        # padding -> an extra column, dropped below
+    seen = torch.zeros(N, V + 1, dtype=torch.bool, device=logits.device).scatter_(1, ids, True)[:, :V]
     penalised = torch.where(logits > 0, logits / penalty, logits * penalty)
     return torch.where(seen, penalised, logits)
 

@@ -230,7 +230,7 @@ def test_unseeded_sampling_leaves_the_global_generator_alone(make_model):
 
 
 def test_inverse_cdf_pick_follows_the_distribution():
-    from components.decoding.generate import _pick
+    from components.decoding.decode import _pick
     probs = torch.tensor([[0.0, 0.5, 0.0, 0.3, 0.2]])
     u = torch.rand(40_000, generator=torch.Generator().manual_seed(0))
     picks = _pick(probs.expand(len(u), -1), u).squeeze(1)
