@@ -1,11 +1,15 @@
 """Request and response schemas. Every request model forbids unknown fields; bounds come from
-`Limits`, so a deployment can tighten or loosen them in its config."""
+`Limits`, so a deployment can tighten or loosen them in its config. The decoding settings are
+derived from components' DecodingConfig (same names, types and defaults)."""
 
 from __future__ import annotations
 
-from typing import Literal
+from dataclasses import fields
+from typing import Literal, get_type_hints
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
+
+from components.decoding.config import STRATEGIES, DecodingConfig
 
 
 class Limits(BaseModel):
@@ -26,20 +30,43 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
 
 
-class DecodingOptions(Strict):
-    """Decoding settings a client may set per request (validated again by the decoder)."""
-    strategy: Literal["sample", "greedy", "beam"] = "sample"
-    temperature: float = Field(1.0, gt=0, le=10)
-    top_k: int | None = Field(None, ge=1, le=1000)
-    top_p: float | None = Field(None, gt=0, le=1)
-    consistent: bool = False
-    num_beams: int = Field(1, ge=1, le=16)
-    max_new_tokens: int | None = Field(None, ge=1)
-    min_new_tokens: int = Field(0, ge=0)
-    length_penalty: float = Field(1.0, ge=-10, le=10)
-    repetition_penalty: float = Field(1.0, gt=0, le=10)
-    no_repeat_ngram_size: int = Field(0, ge=0, le=10)
-    seed: int | None = Field(None, ge=0, le=2**63 - 1)
+# Per-request bounds on decoding settings (compute per request stays bounded); every field, type
+# and default comes from components' DecodingConfig, so the HTTP defaults are the library's.
+DECODING_BOUNDS: dict[str, dict] = {
+    "temperature": {"gt": 0, "le": 10},
+    "top_k": {"ge": 1, "le": 1000},
+    "top_p": {"gt": 0, "le": 1},
+    "num_beams": {"ge": 1, "le": 16},
+    "max_new_tokens": {"ge": 1},
+    "min_new_tokens": {"ge": 0},
+    "length_penalty": {"ge": -10, "le": 10},
+    "repetition_penalty": {"gt": 0, "le": 10},
+    "no_repeat_ngram_size": {"ge": 0, "le": 10},
+    "seed": {"ge": 0, "le": 2**63 - 1},
+}
+NOT_PER_REQUEST = ("num_return_sequences",)
+"""Set by the request itself (`n`), not in `decoding`."""
+
+
+def _decoding_fields() -> dict:
+    hints = get_type_hints(DecodingConfig)
+    out = {}
+    for f in fields(DecodingConfig):
+        if f.name in NOT_PER_REQUEST:
+            continue
+        kind, default = hints[f.name], f.default
+        if f.name == "strategy":
+            kind = Literal[STRATEGIES]
+        elif f.name == "max_new_tokens":
+            # None: the deployment's limit (Limits.max_new_tokens), filled in by the ingress
+            kind, default = int | None, None
+        out[f.name] = (kind, Field(default, **DECODING_BOUNDS.get(f.name, {})))
+    return out
+
+
+DecodingOptions = create_model("DecodingOptions", __base__=Strict, __module__=__name__, **_decoding_fields())
+DecodingOptions.__doc__ = ("Decoding settings a client may set per request: DecodingConfig's fields and defaults "
+                           "(validated again by the decoder), within DECODING_BOUNDS.")
 
 
 def nonempty(value: str) -> str:
