@@ -59,6 +59,11 @@ def _start_ray(address: str | None) -> bool:
     return True
 
 
+def _serve_running() -> bool:
+    from ray.serve.context import _get_global_client
+    return _get_global_client(raise_if_no_controller_running=False) is not None
+
+
 def _deploy(config) -> list[str]:
     """What `serve run CONFIG` does: start Serve with the config's HTTP options, submit the config."""
     from ray.serve._private.api import serve_start
@@ -80,11 +85,11 @@ def main(argv=None) -> int:
         return 2
 
     import ray
-    from ray import serve
 
     from serving.readiness import NotReady, describe, wait_until_running
 
     started_ray = _start_ray(args.address)
+    started_serve, names = not _serve_running(), []
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):      # after ray.init, which installs its own
         signal.signal(sig, lambda *_: stop.set())
@@ -110,10 +115,22 @@ def main(argv=None) -> int:
         return 1
     finally:
         try:
-            serve.shutdown()
+            _clean_up(started_serve, names)
         finally:
             if started_ray:
                 ray.shutdown()
+
+
+def _clean_up(started_serve: bool, names: list[str]) -> None:
+    """Stop what this process started: Serve itself, or on a cluster where Serve already ran, only
+    the applications it deployed."""
+    from ray import serve
+
+    if started_serve:
+        serve.shutdown()
+        return
+    for name in names:
+        serve.delete(name)
 
 
 if __name__ == "__main__":

@@ -50,6 +50,7 @@ class RayHead:
         self.temp_dir = tempfile.mkdtemp(prefix="b4r-", dir="/tmp")     # AF_UNIX paths stay short
         ports = dict(zip(PORT_FLAGS, free_ports(len(PORT_FLAGS))))
         self.address = f"http://127.0.0.1:{ports['dashboard-port']}"
+        self.gcs_address = f"127.0.0.1:{ports['port']}"
         self.command = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block",
                         "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1", "--include-dashboard=true",
                         f"--num-cpus={num_cpus}", f"--object-store-memory={200 * 1024**2}",

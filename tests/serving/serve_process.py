@@ -50,10 +50,11 @@ class ServeProcess:
         except subprocess.TimeoutExpired:
             raise AssertionError(f"still running after {timeout_s} s:\n{self.output()[-3000:]}") from None
 
-    def stop(self, grace_s: float = 30) -> None:
-        """SIGTERM (the command stops Serve and its Ray), then SIGKILL to the session if it hangs."""
+    def stop(self, grace_s: float = 30, sig: int = signal.SIGTERM) -> None:
+        """`sig` (bert4ray serve stops cleanly on SIGTERM, `serve run` on SIGINT), then SIGKILL to
+        the session if it hangs."""
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            self.proc.send_signal(sig)
             try:
                 self.proc.wait(timeout=grace_s)
             except subprocess.TimeoutExpired:
