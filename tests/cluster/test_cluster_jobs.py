@@ -24,7 +24,6 @@ from tests.cluster.raycluster import RayHead
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 REPO = Path(__file__).resolve().parents[2]
-FINISHED: dict[str, dict] = {}       # what the first job left behind, for the test after it
 
 
 @pytest.fixture(scope="module")
@@ -100,16 +99,23 @@ def mlflow_client(storage: Path):
                                         registry_uri=f"sqlite:///{storage / 'mlflow.db'}")
 
 
-def test_submit_follow_trains_tracks_and_exports(head, files, record_property):
-    from components.model import Transformer
-    from components.tokenizer import Tokenizer
-
+@pytest.fixture(scope="module")
+def finished_job(head, files) -> dict:
+    """One `submit --follow` of a 24-step job, shared by the tests that look at what it left."""
     storage = files["dir"] / "storage-ok"
     recipe = write_recipe(files, "cluster-tiny")
     start = time.monotonic()
     proc = bert4ray(*submit_argv(head, files, recipe, storage), timeout=600)
     wall = time.monotonic() - start
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return {"proc": proc, "storage": storage, "wall": wall}
+
+
+def test_submit_follow_trains_tracks_and_exports(head, finished_job, record_property):
+    from components.model import Transformer
+    from components.tokenizer import Tokenizer
+
+    proc, storage, wall = finished_job["proc"], finished_job["storage"], finished_job["wall"]
     job = job_id_of(proc.stdout)
     assert f"job {job}: SUCCEEDED" in proc.stdout
     print(f"\n[cluster] submit --follow of a 24-step job: SUCCEEDED in {wall:.1f} s")
@@ -130,7 +136,6 @@ def test_submit_follow_trains_tracks_and_exports(head, files, record_property):
     assert [m.step for m in client.get_metric_history(run_id, "loss")] == [4, 8, 12, 16, 20, 24]
     versions = [v for v in client.search_model_versions("name='cluster-tiny'") if v.run_id == run_id]
     assert len(versions) == 1
-    FINISHED["cluster-tiny"] = {"storage": storage, "run_id": run_id, "version": versions[0].version}
 
     # `bert4ray jobs` sees the same job.
     listed = bert4ray("jobs", "list", "--address", head.address)
@@ -143,15 +148,13 @@ def test_submit_follow_trains_tracks_and_exports(head, files, record_property):
     assert missing.returncode == 2 and len(missing.stderr.strip().splitlines()) == 1
 
 
-def test_registered_model_artifacts_outlive_the_job():
+def test_registered_model_artifacts_outlive_the_job(finished_job):
     """The registered model's files are in the storage, not in the job's temporary working_dir."""
     from urllib.parse import urlparse
 
-    done = FINISHED.get("cluster-tiny")
-    if done is None:
-        pytest.skip("the training job did not finish")
-    storage, client = done["storage"], mlflow_client(done["storage"])
-    version = client.get_model_version("cluster-tiny", done["version"])
+    storage, client = finished_job["storage"], mlflow_client(finished_job["storage"])
+    run_id = re.search(r"^mlflow run: (\w+)$", finished_job["proc"].stdout, re.M).group(1)
+    version = next(v for v in client.search_model_versions("name='cluster-tiny'") if v.run_id == run_id)
     model_id = version.model_id or version.source.removeprefix("models:/")       # MLflow 3: models:/m-...
     location = client.get_logged_model(model_id).artifact_location
     path = Path(urlparse(location).path if location.startswith("file:") else location)
