@@ -57,7 +57,7 @@ def test_recipe_defaults_overrides_and_errors(tmp_path):
 
 def test_constituency_choices_are_the_components_decoders():
     from components.probing.constituency import ALGORITHMS
-    from pipelines.probe import _CHOICES
+    from pipelines.probe_recipe import _CHOICES
     assert _CHOICES["probe.constituency"] == ALGORITHMS
     base = {"model": {"path": "m"}, "data": {"files": ["a.jsonl"]}}
     assert load_probe_recipe(data=base).probe.constituency == "mart"             # the authors' MART
