@@ -16,7 +16,9 @@ class Generation:
     token_ids: list[int]            # generated tokens, EOS excluded
     finish_reason: str              # "eos" | "length"
     score: float                    # sum of the model's log-probabilities of the chosen tokens (EOS included)
-    normalized_score: float         # score / length ** length_penalty (the beam ranking)
+    normalized_score: float
+    """Beam search: the sum of the processed scores (penalties applied) / length ** length_penalty,
+    its ranking; greedy and sampling: score / length."""
 
 
 def non_termination_ratio(generations: list[list[Generation]] | list[Generation]) -> float:
