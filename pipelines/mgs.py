@@ -19,6 +19,7 @@ The dev metric is measured at step 0 and every `eval_every` steps; the best mode
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -275,15 +276,24 @@ def _save(system: GenerationSystem, target: Path, extra: dict) -> None:
         system.tokenizer.save_pretrained(tmp)
 
 
+def _local_model(recipe: MGSRecipe, workdir: Path) -> Path:
+    """`model` as a directory: a path, or an MLflow URI from the workdir's tracking store."""
+    from pipelines.model_store import resolve_model
+    from pipelines.tracking import tracking_uri
+    try:
+        return resolve_model(recipe.model, tracking_uri=tracking_uri(workdir))
+    except (FileNotFoundError, ValueError) as exc:
+        raise RecipeError(f"recipe key 'model': {exc}") from None
+
+
 def run_mgs(recipe: MGSRecipe, progress: bool = True, output: str | Path | None = None) -> MGSResult:
     torch.manual_seed(recipe.seed)
     workdir = Path(recipe.workdir).expanduser().resolve()
     run_id = f"{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     out_dir = Path(output) if output else workdir / "mgs" / run_id
-    if not Path(recipe.model).is_dir():
-        raise FileNotFoundError(f"model '{recipe.model}' is not a directory")
+    model_dir = _local_model(recipe, workdir)
     train, dev = split_examples(recipe)
-    system = GenerationSystem.from_pretrained(recipe.model, recipe.data.max_length)
+    system = GenerationSystem.from_pretrained(model_dir, recipe.data.max_length)
     model, cfg = system.model, recipe.mgs
     params = list(model.parameters())
     try:
@@ -295,7 +305,7 @@ def run_mgs(recipe: MGSRecipe, progress: bool = True, output: str | Path | None 
     (out_dir / "recipe.yaml").write_text(_yaml(recipe), encoding="utf-8")
 
     run = _MlflowRun(recipe, workdir, run_id)
-    evaluators = Evaluators(recipe, system)
+    evaluators = Evaluators(dataclasses.replace(recipe, model=str(model_dir)), system)
     rng = random.Random(recipe.seed)
     history: list[dict] = []
     try:

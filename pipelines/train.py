@@ -138,6 +138,28 @@ def _model_config(recipe: Recipe, vocab_size: int, task, sep_id: int | None = No
     return cfg
 
 
+def _local_init_from(recipe: Recipe, workdir: Path) -> Recipe:
+    """The recipe with model.init_from as a local directory: a path as it is, an MLflow URI
+    downloaded from the run's tracking store into a cache under the workdir (which every node of a
+    cluster mounts), so the workers load it as a directory."""
+    from components.locations import is_uri
+    reference = recipe.model.init_from
+    if not reference:
+        return recipe
+    if not is_uri(reference):
+        if not Path(reference).is_dir():
+            raise FileNotFoundError(f"model.init_from '{reference}' is not a directory")
+        return recipe
+    from pipelines.model_store import resolve_model
+    from pipelines.tracking import tracking_uri
+    cache = os.environ.get("BERT4RAY_MODEL_CACHE") or workdir / "cache" / "models"
+    try:
+        path = resolve_model(reference, cache_dir=cache, tracking_uri=tracking_uri(workdir))
+    except (FileNotFoundError, ValueError) as exc:
+        raise ValueError(f"model.init_from: {exc}") from None
+    return dataclasses.replace(recipe, model=dataclasses.replace(recipe.model, init_from=str(path)))
+
+
 def run_training(recipe: Recipe, output: str | Path | None = None, resume: bool = False,
                  progress: bool = True, recipe_path: str | Path | None = None,
                  on_record: Callable[[dict], None] | None = None,
@@ -171,10 +193,9 @@ def run_training(recipe: Recipe, output: str | Path | None = None, resume: bool 
         run_id = f"{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     run_dir = workdir / "runs" / run_id
     train_files, val_files = _resolve_files(recipe, workdir)    # before Ray: bad paths fail fast
-    if recipe.model.init_from and not Path(recipe.model.init_from).is_dir():
-        raise FileNotFoundError(f"model.init_from '{recipe.model.init_from}' is not a directory")
+    written, recipe = recipe, _local_init_from(recipe, workdir)   # MLflow and recipe.yaml keep the URI
 
-    tracker = Tracker(recipe, workdir)          # creates the DB and experiment before any worker
+    tracker = Tracker(written, workdir)         # creates the DB and experiment before any worker
     # Logical CPUs beyond the Train workers' own: Ray Data's tokenization tasks need one, or the
     # workers wait forever for their data.
     need = int(recipe.scaling.num_workers * recipe.scaling.cpus_per_worker + 0.999) + 1
@@ -183,7 +204,7 @@ def run_training(recipe: Recipe, output: str | Path | None = None, resume: bool 
     task = get_task(recipe.task.name)(recipe.task.options)
     run_dir.mkdir(parents=True, exist_ok=True)
     latest_file.write_text(run_id)
-    dump_recipe(recipe, run_dir / "recipe.yaml")
+    dump_recipe(written, run_dir / "recipe.yaml")
     state_path = run_dir / "state.json"
     previous = json.loads(state_path.read_text()) if (resume and state_path.is_file()) else {}
     tracker.start(run_id, resume_run_id=previous.get("mlflow_run_id"), recipe_file=run_dir / "recipe.yaml")

@@ -414,7 +414,7 @@ def run_tune(recipe: TuneRecipe, progress: bool = True, log=print) -> TuneResult
 
     from pipelines.train import init_ray
 
-    check_paths(recipe)
+    model_dir = check_paths(recipe)            # a decoding search's model as a directory
     params = space_params(recipe)
     metric, mode = recipe.objective.metric, objective_mode(recipe)
     result = TuneResult(metric=metric, mode=mode)
@@ -440,7 +440,7 @@ def run_tune(recipe: TuneRecipe, progress: bool = True, log=print) -> TuneResult
             "max_rows": recipe.dev.max_rows, "threads": max(1, int(s.cpus_per_trial)),
             "parent_run_id": tracking.run_id, "experiment": recipe.tracking.experiment,
             "workdir": str(workdir), "tracking_uri": explicit_uri,
-            "model": str(Path(recipe.model).resolve()) if recipe.model else None,
+            "model": str(model_dir.resolve()) if model_dir else None,
             "recipe": str(Path(recipe.recipe).resolve()) if recipe.recipe else None,
             "overrides": list(recipe.overrides)}
     try:

@@ -329,20 +329,29 @@ def check_tune_recipe(r: TuneRecipe) -> None:
         raise RecipeError("recipe key 'scheduler.reduction_factor' must be > 1")
 
 
-def check_paths(r: TuneRecipe) -> None:
+def check_paths(r: TuneRecipe) -> Path | None:
     """The files a run reads exist (checked when the run starts, before Ray; loading a recipe does
-    not need them, so a shipped recipe validates before its model is trained)."""
+    not need them, so a shipped recipe validates before its model is trained). Returns the model
+    of a decoding search as a directory (an MLflow URI from the workdir's store, downloaded)."""
+    model_dir = None
     if r.mode == "decoding":
-        if not Path(r.model).is_dir():
-            raise RecipeError(f"recipe key 'model': '{r.model}' is not a model directory")
+        from pipelines.model_store import resolve_model
+        from pipelines.tracking import tracking_uri
+        try:
+            model_dir = resolve_model(r.model, tracking_uri=tracking_uri(Path(r.workdir).expanduser()))
+        except FileNotFoundError:
+            raise RecipeError(f"recipe key 'model': '{r.model}' is not a model directory") from None
+        except ValueError as exc:
+            raise RecipeError(f"recipe key 'model': {exc}") from None
         from components.config import read_bert4ray_json
-        task = read_bert4ray_json(r.model).get("task", "simbert")
+        task = read_bert4ray_json(model_dir).get("task", "simbert")
         if task not in GENERATING_TASKS:
             raise RecipeError(f"recipe key 'model': '{r.model}' was trained for '{task}', which does not "
                               f"generate; decoding searches need a {' or '.join(GENERATING_TASKS)} model")
     needs_dev = r.mode == "decoding" or r.objective.metric in DECODING_METRICS
     if needs_dev and not Path(r.dev.file).is_file():
         raise RecipeError(f"recipe key 'dev.file': '{r.dev.file}' does not exist")
+    return model_dir
 
 
 def nevergrad_optimizers() -> list[str]:

@@ -16,7 +16,8 @@ def add_arguments(parser) -> None:
     # No choices= lists here: they would import torch for every `bert4ray --help`; the component
     # checks the values and names the valid ones.
     parser.add_argument("texts", nargs="+", metavar="TEXT", help="text(s) to explain")
-    parser.add_argument("--model", required=True, help="model directory trained with the classify task")
+    parser.add_argument("--model", required=True,
+                        help="model trained with the classify task: a directory or an MLflow URI")
     parser.add_argument("--target", default=None,
                         help="class id or label name to explain (default: the predicted one)")
     parser.add_argument("--steps", type=int, default=50, help="integration points (default 50)")
@@ -55,8 +56,8 @@ def run(args) -> int:
 
     from components.attribution import Attributor
     from components.attribution_html import save_html, save_png
-
-    attributor = Attributor.from_pretrained(args.model)
+    from pipelines.model_store import resolve_model
+    attributor = Attributor.from_pretrained(resolve_model(args.model))     # a directory or an MLflow URI
     baseline = "text" if args.baseline_text is not None else args.baseline
     results = attributor.attribute_batch(
         args.texts, target=args.target, quantity=args.quantity, baseline=baseline,

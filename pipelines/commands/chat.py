@@ -23,7 +23,8 @@ COMMANDS_HELP = "/reset clears the history, /exit quits (so does Ctrl-D)"
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--model", required=True, help="model directory trained with the dialog task")
+    parser.add_argument("--model", required=True, help="model trained with the dialog task: a directory or an MLflow URI "
+                             "(models:/NAME/VERSION, models:/NAME@ALIAS, runs:/RUN_ID/PATH)")
     parser.add_argument("--max-new-tokens", type=int, default=32, help="reply length cap (default 32)")
     parser.add_argument("--greedy", action="store_true", help="argmax decoding instead of sampling")
     parser.add_argument("--temperature", type=float, default=1.0)
@@ -51,22 +52,19 @@ def decoding_settings(args) -> dict:
 
 
 def run(args) -> int:
-    from pathlib import Path
-
     from components.config import read_bert4ray_json
     from components.decoding import DecodingConfig
     from pipelines.cli import UserError
+    from pipelines.model_store import resolve_model
 
     decoding = decoding_settings(args)
     DecodingConfig.from_dict(decoding)                         # bad settings fail before the model loads
     if args.max_history < 0:
         raise UserError(f"--max-history must be >= 0, got {args.max_history}")
-    model_dir = Path(args.model)
-    if not model_dir.is_dir():
-        raise FileNotFoundError(f"model directory '{model_dir}' does not exist")
+    model_dir = resolve_model(args.model)                       # a directory or an MLflow URI
     task = read_bert4ray_json(model_dir).get("task")
     if task not in (None, "dialog"):
-        raise UserError(f"'{model_dir}' was trained for the '{task}' task, not 'dialog'")
+        raise UserError(f"'{args.model}' was trained for the '{task}' task, not 'dialog'")
 
     from components.dialog import DialogueModel
     dialogue = DialogueModel.from_pretrained(model_dir, max_length=args.max_length,
@@ -75,7 +73,7 @@ def run(args) -> int:
     if interactive:
         with contextlib.suppress(ImportError):
             import readline  # noqa: F401 - line editing and history for input()
-        print(f"chatting with {model_dir} - {COMMANDS_HELP}", file=sys.stderr)
+        print(f"chatting with {args.model} - {COMMANDS_HELP}", file=sys.stderr)
     lines = _terminal_lines() if interactive else sys.stdin
     chat_loop(dialogue, lines, sys.stdout, decoding, notices=sys.stderr)
     if interactive:

@@ -8,7 +8,8 @@ HELP = "embed a corpus (JSON Lines / Parquet) with Ray Data and build the FAISS 
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--model", required=True, help="SimBERT model directory")
+    parser.add_argument("--model", required=True, help="SimBERT model: a directory or an MLflow URI "
+                        "(models:/NAME/VERSION, models:/NAME@ALIAS, runs:/RUN_ID/PATH)")
     parser.add_argument("--corpus", required=True, help="rows {id?, text} or groups {texts: [...]}")
     parser.add_argument("--out", required=True, help="index directory to write (replaced atomically)")
     parser.add_argument("--kind", default="auto", choices=["auto", "flat", "hnsw", "ivf"],
@@ -24,12 +25,14 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from pipelines.indexing import build_index, read_corpus
+    from pipelines.model_store import resolve_model
     from pipelines.train import init_ray
 
     read_corpus(args.corpus)                     # fail on a bad file before Ray starts
+    model_dir = resolve_model(args.model)        # and on a bad model (a URI is downloaded once)
     init_ray()
     t0 = time.perf_counter()
-    index = build_index(args.model, args.corpus, args.out, kind=args.kind, hnsw_threshold=args.hnsw_threshold,
+    index = build_index(model_dir, args.corpus, args.out, kind=args.kind, hnsw_threshold=args.hnsw_threshold,
                         actors=args.actors, max_length=args.max_length, ef_search=args.ef_search,
                         nprobe=args.nprobe)
     print(f"indexed {len(index)} texts ({index.resolved_kind}, dim {index.dim}) in "
