@@ -2,7 +2,7 @@
 
 One run per training: the flattened recipe as params, step metrics (loss parts, lr, tokens/s,
 grad norm), evaluation metrics, the recipe file and the exported model as artifacts (a pyfunc
-model wrapping the model directory, registered under `tracking.registered_model`), and the git
+model from code holding the model directory, registered under `tracking.registered_model`), and the git
 commit as a tag. The tracking URI is MLFLOW_TRACKING_URI, else `sqlite:///<workdir>/mlflow.db`
 with artifacts under `<workdir>/mlartifacts`. A failed run ends FAILED with its error as a tag.
 """
@@ -71,25 +71,46 @@ def use_experiment(workdir: Path, name: str) -> str:
     return mlflow.create_experiment(name, artifact_location=location)
 
 
-class ModelDirectory(mlflow.pyfunc.PythonModel):
-    """An exported bert4ray model directory as an MLflow pyfunc model: predict() maps texts to the
-    task's output (class probabilities, else pooled vectors)."""
+# What the pyfunc model needs besides the components/ code it carries, pinned to this environment.
+PYFUNC_REQUIREMENTS = ("torch", "numpy", "tokenizers", "safetensors")
 
-    def load_context(self, context):
-        from components.model import Transformer
-        from components.tokenizer import Tokenizer
-        path = context.artifacts["model_dir"]
-        self.model = Transformer.from_pretrained(path).eval()
-        self.tokenizer = Tokenizer.from_pretrained(path)
 
-    def predict(self, context, model_input: list[str], params=None) -> list[list[float]]:
-        import torch
-        texts = list(model_input)
-        batch = self.tokenizer.encode_batch([str(t) for t in texts])
-        with torch.no_grad():
-            out = self.model(batch.input_ids, batch.segment_ids, batch.attention_mask, return_logits=False)
-        values = out.class_logits.softmax(-1) if out.class_logits is not None else out.pooled
-        return values.tolist()
+def pyfunc_requirements() -> list[str]:
+    from importlib.metadata import version
+    # A local build label (torch's "+cpu") is no PyPI version; "==2.13.0" matches any build of it.
+    return [f"{name}=={version(name).split('+')[0]}" for name in PYFUNC_REQUIREMENTS]
+
+
+def pyfunc_signature(model_dir: Path):
+    import json
+
+    import numpy as np
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema, TensorSpec
+    config = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
+    width = len(config["id2label"]) if config.get("id2label") and any(
+        "SequenceClassification" in a for a in config.get("architectures", [])) else config["hidden_size"]
+    return ModelSignature(inputs=Schema([ColSpec("string")]),
+                          outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, width))]))
+
+
+def log_pyfunc_model(model_dir: Path, registered_model: str | None = None):
+    """Log `model_dir` as an MLflow pyfunc model from code (pipelines/pyfunc_model.py; no pickled
+    object) into the active run, with components/ as its code, requirements pinned to this
+    environment, bert4ray's version and commit as metadata, and a signature: texts in, float32
+    unit vectors (or class probabilities) out."""
+    from importlib.metadata import PackageNotFoundError, version
+    root = Path(__file__).resolve().parents[1]
+    try:
+        own = version("bert4ray")
+    except PackageNotFoundError:
+        own = "unknown"
+    return mlflow.pyfunc.log_model(
+        name="model", python_model=str(root / "pipelines" / "pyfunc_model.py"),
+        artifacts={"model_dir": str(model_dir)}, code_paths=[str(root / "components")],
+        pip_requirements=pyfunc_requirements(), signature=pyfunc_signature(model_dir),
+        metadata={"bert4ray_version": own, "bert4ray_commit": git_commit() or "unknown"},
+        registered_model_name=registered_model)
 
 
 class Tracker:
@@ -142,10 +163,7 @@ class Tracker:
             return
         if report is not None:
             mlflow.log_metrics({"data_bad_rows": report.bad})
-        mlflow.pyfunc.log_model(
-            name="model", python_model=ModelDirectory(), artifacts={"model_dir": str(model_dir)},
-            pip_requirements=["torch", "safetensors", "tokenizers", "bert4ray"],
-            registered_model_name=self.recipe.tracking.registered_model)
+        log_pyfunc_model(model_dir, self.recipe.tracking.registered_model)
         mlflow.end_run(status="FINISHED")
 
     def finish_stopped(self) -> None:

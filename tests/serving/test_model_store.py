@@ -104,12 +104,11 @@ def test_the_pyfunc_model_logged_by_training_resolves_too(tracking, tiny_model_d
     import mlflow
 
     from components.model import Transformer
-    from pipelines.tracking import ModelDirectory
+    from pipelines.tracking import log_pyfunc_model
 
     model_dir = tiny_model_dir("simbert-tiny")
     with mlflow.start_run(experiment_id=tracking):
-        mlflow.pyfunc.log_model(name="model", python_model=ModelDirectory(), artifacts={"model_dir": str(model_dir)},
-                                pip_requirements=["torch"], registered_model_name="tiny-simbert")
+        log_pyfunc_model(model_dir, "tiny-simbert")
     path = resolve_model("models:/tiny-simbert/1", cache_dir=tmp_path / "cache")
     assert (path / "config.json").is_file() and (path / "model.safetensors").is_file()
     assert same_weights(Transformer.from_pretrained(path), Transformer.from_pretrained(model_dir))
