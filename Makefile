@@ -1,7 +1,7 @@
 # bert4ray — every target sets itself up: it creates .venv and installs on first use.
 #   make quickstart   train a tiny SimBERT on Ray and show generations and retrievals
 #   make test         the default test suite (unit + small real Ray runs)
-#   make test-slow    the longer end-to-end tests
+#   make test-slow    the longer end-to-end tests (CI runs both)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -25,10 +25,10 @@ quickstart: $(STAMP)
 	$(BIN)/bert4ray quickstart
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 test-slow: $(STAMP)
-	$(BIN)/python -m pytest -q -m slow
+	$(BIN)/python -m pytest -q -m slow $(PYTEST_ARGS)
 
 quality: $(STAMP)
 	$(BIN)/ruff check .
