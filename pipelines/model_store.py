@@ -3,27 +3,31 @@
 `models:/name@alias`, `runs:/<run_id>/<path>`), downloaded once into a cache.
 
 The resolver and its cache are `components.locations`; this module registers MLflow's schemes
-with it (serving/model_store.py does the same for the Serve application).
+with it (serving/model_store.py does the same for the Serve application). URIs are looked up in
+the tracking store given to `resolve_model` (train, tune and mgs give their workdir's), else
+MLFLOW_TRACKING_URI, else MLflow's default.
 """
 
 from __future__ import annotations
 
+import contextvars
 from pathlib import Path
 
 from components import locations
 
 MLFLOW_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/")
+_STORE: contextvars.ContextVar[str | None] = contextvars.ContextVar("bert4ray_mlflow_store", default=None)
 
 
 def _tracking_uri() -> str:
     import mlflow
-    return mlflow.get_tracking_uri()
+    return _STORE.get() or mlflow.get_tracking_uri()
 
 
 def _pin(reference: str) -> str:
     from mlflow import MlflowClient
 
-    client = MlflowClient()
+    client = MlflowClient(tracking_uri=_tracking_uri())
 
     def newest(name: str) -> str | None:
         versions = client.search_model_versions(f"name = '{name}'")
@@ -39,7 +43,8 @@ def _pin(reference: str) -> str:
 def _fetch(reference: str, dest: Path) -> None:
     import mlflow
     try:
-        mlflow.artifacts.download_artifacts(artifact_uri=reference, dst_path=str(dest))
+        mlflow.artifacts.download_artifacts(artifact_uri=reference, dst_path=str(dest), tracking_uri=_tracking_uri(),
+                                            registry_uri=_STORE.get())
     except Exception as exc:  # noqa: BLE001 - as above
         raise RuntimeError(f"{exc} (MLflow at {_tracking_uri()})") from None
 
@@ -53,7 +58,13 @@ def register() -> None:
         locations.register_scheme(prefix, HANDLER)
 
 
-def resolve_model(reference: str | Path, cache_dir: str | Path | None = None) -> Path:
-    """A local model directory for a path or a registered URI (see components.locations)."""
+def resolve_model(reference: str | Path, cache_dir: str | Path | None = None,
+                  tracking_uri: str | None = None) -> Path:
+    """A local model directory for a path or a registered URI (see components.locations);
+    `tracking_uri`: the MLflow store that URIs name (default: MLflow's current one)."""
     register()
-    return locations.resolve_model(reference, cache_dir=cache_dir)
+    token = _STORE.set(tracking_uri)
+    try:
+        return locations.resolve_model(reference, cache_dir=cache_dir)
+    finally:
+        _STORE.reset(token)
