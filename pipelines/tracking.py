@@ -13,6 +13,7 @@ import contextlib
 import math
 import os
 import subprocess
+import warnings
 from pathlib import Path
 
 import mlflow
@@ -105,12 +106,15 @@ def log_pyfunc_model(model_dir: Path, registered_model: str | None = None):
         own = version("bert4ray")
     except PackageNotFoundError:
         own = "unknown"
-    return mlflow.pyfunc.log_model(
-        name="model", python_model=str(root / "pipelines" / "pyfunc_model.py"),
-        artifacts={"model_dir": str(model_dir)}, code_paths=[str(root / "components")],
-        pip_requirements=pyfunc_requirements(), signature=pyfunc_signature(model_dir),
-        metadata={"bert4ray_version": own, "bert4ray_commit": git_commit() or "unknown"},
-        registered_model_name=registered_model)
+    with warnings.catch_warnings():
+        # The signature is given explicitly; an input example would load and run the model here.
+        warnings.filterwarnings("ignore", message=".*An input example was not provided")
+        return mlflow.pyfunc.log_model(
+            name="model", python_model=str(root / "pipelines" / "pyfunc_model.py"),
+            artifacts={"model_dir": str(model_dir)}, code_paths=[str(root / "components")],
+            pip_requirements=pyfunc_requirements(), signature=pyfunc_signature(model_dir),
+            metadata={"bert4ray_version": own, "bert4ray_commit": git_commit() or "unknown"},
+            registered_model_name=registered_model)
 
 
 class Tracker:

@@ -27,7 +27,7 @@ PAIRS = [("今天天气很好", "明天呢？Hello world"), ("我的快递还没
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory, vocab_file):
-    from conftest import tiny_config
+    from tests.conftest import tiny_config
     out = tmp_path_factory.mktemp("tok") / "model"
     cfg = tiny_config(Tokenizer(vocab_file).vocab_size, max_position_embeddings=POSITIONS)
     Transformer(cfg).save_pretrained(out, metadata={"vocab_file": str(vocab_file)})
