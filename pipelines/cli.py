@@ -32,6 +32,7 @@ COMMANDS: dict[str, str] = {
     "probe": "pipelines.commands.probe",
     "tune": "pipelines.commands.tune",
     "mgs": "pipelines.commands.mgs",
+    "export": "pipelines.commands.export",
 }
 
 
