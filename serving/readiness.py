@@ -107,5 +107,9 @@ def wait_until_running(app_names: list[str], timeout_s: float, cancelled=lambda:
 
 
 def describe(app_name: str) -> str:
-    """`ingress 0.25 CPU, generator 0.87 CPU, ...`: what each deployment of the app got."""
-    return ", ".join(f"{name} {_fmt(need)}" for name, need in deployment_resources(app_name).items())
+    """`ingress 0.25 CPU, generator 0.4 CPU x2, ...`: what each replica of each deployment got."""
+    deployments, out = _deployments(app_name), []
+    for name, need in deployment_resources(app_name).items():
+        replicas = int(deployments[name].get("target_num_replicas") or 1)
+        out.append(f"{name} {_fmt(need)}" + (f" x{replicas}" if replicas > 1 else ""))
+    return ", ".join(out)
