@@ -80,6 +80,14 @@ def evaluate(model_dir: Path, heldout: list[list[str]]) -> dict:
     return metrics
 
 
+def heldout_summary(metrics: dict, groups: int) -> str:
+    """The line the quickstart prints, and its model card states, for the held-out figures."""
+    return (f"held-out groups: {groups}  retrieval top-1 {metrics['top1']:.3f} "
+            f"(chance {metrics['top1_chance']:.3f}), top-5 {metrics['top5']:.3f}; pair accuracy "
+            f"{metrics['pair_accuracy']:.3f} at cosine >= {metrics['pair_threshold']:.2f}; "
+            f"paraphrase BLEU {metrics['bleu']:.1f}, copies {metrics['copy_rate']:.0%}")
+
+
 def run(args) -> int:
     from rich.console import Console
     from rich.table import Table
@@ -108,10 +116,15 @@ def run(args) -> int:
 
     console.rule("[bold]3/3 held-out evaluation and samples")
     metrics = evaluate(result.model_dir, heldout)
-    console.print(f"held-out groups: {len(heldout)}  retrieval top-1 {metrics['top1']:.3f} "
-                  f"(chance {metrics['top1_chance']:.3f}), top-5 {metrics['top5']:.3f}; pair accuracy "
-                  f"{metrics['pair_accuracy']:.3f} at cosine >= {metrics['pair_threshold']:.2f}; "
-                  f"paraphrase BLEU {metrics['bleu']:.1f}, copies {metrics['copy_rate']:.0%}")
+    figures = heldout_summary(metrics, len(heldout))
+    console.print(figures)
+    from pipelines.model_card import add_card_section
+    add_card_section(result.model_dir, "Held-out evaluation (bert4ray quickstart)",
+                     f"Measured by `bert4ray quickstart` after training, on the {len(heldout)} paraphrase groups "
+                     "held out of the bundled corpus: retrieval top-1 / top-5 of each sentence among all "
+                     "held-out sentences, pair accuracy at a cosine threshold chosen on half of the groups, "
+                     "and BLEU of generated paraphrases against each group's other sentences. It printed:"
+                     f"\n\n    {figures}")
     from components.simbert import SimBERT
     sim = SimBERT.from_pretrained(result.model_dir)
     queries = SAMPLE_QUERIES + [g[0] for g in heldout[:3]]

@@ -140,3 +140,4 @@ def test_init_from_a_registered_alias_trains(ray_session, store, tmp_path):
     assert any((store["root"] / "cache").iterdir())
     run = mlflow.get_run(result.mlflow_run_id)
     assert run.data.params["model.init_from"] == "models:/tiny-simbert@champion"
+    assert "| started from | `models:/tiny-simbert@champion` |" in (result.model_dir / "README.md").read_text()

@@ -133,6 +133,10 @@ def test_simbert_trains_both_loss_parts_on_the_bundled_corpus(ray_session, tmp_p
     assert curves["seq2seq"][-1] < curves["seq2seq"][0] - 0.5, curves
     assert curves["contrastive"][-1] < 0.8 * curves["contrastive"][0], curves
     assert result.metrics["eval_top1"] > result.metrics["eval_top1_chance"]
+    # The model card states this run's figures and data.
+    card = (result.model_dir / "README.md").read_text(encoding="utf-8")
+    assert f"| top1 | {result.metrics['eval_top1']:.4g} |" in card
+    assert f"| train | {result.data_report.train:,} | groups.jsonl |" in card and "`simbert`" in card
     sim = SimBERT.from_pretrained(result.model_dir)
     assert sim.model.config.pooler_activation == "linear"
     assert len(sim.similar("今天天气怎么样", n=8, k=3, decoding={"seed": 0})) <= 3
