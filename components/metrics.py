@@ -5,7 +5,7 @@
   out of its n-gram count. CDial-GPT reports BLEU-2 = weights (0.5, 0.5) and BLEU-4 = (0.25,) × 4.
 - `distinct_n`: distinct-n (Li et al., 2016), distinct n-grams over all n-grams of all outputs.
 - `recall_at_k`: R_n@k of ranking one positive among n candidates, ties broken uniformly at random
-  (as an expectation), so equal scores never favour the positive.
+  (as an expectation), so equal scores never favour the positive; `mean_reciprocal_rank` likewise.
 
     corpus_bleu([[list("你好啊")]], [list("你好")], weights=(0.5, 0.5))
     distinct_n([list("好的好的")], 2)   # 2 distinct of 3 bigrams
@@ -81,4 +81,20 @@ def recall_at_k(scores: Sequence[Sequence[float]], positives: Sequence[int], k: 
         higher = sum(1 for i, s in enumerate(row) if i != pos and s > p)
         equal = sum(1 for i, s in enumerate(row) if i != pos and s == p)
         total += min(1.0, max(0.0, (k - higher) / (equal + 1)))
+    return total / len(scores)
+
+
+def mean_reciprocal_rank(scores: Sequence[Sequence[float]], positives: Sequence[int]) -> float:
+    """Mean over queries of E[1 / rank of the positive], ties broken uniformly at random as in
+    `recall_at_k`: with g candidates above it and e level with it, the rank is uniform on g+1..g+e+1."""
+    if len(scores) != len(positives):
+        raise ValueError(f"{len(scores)} score lists but {len(positives)} positives")
+    if not scores:
+        return 0.0
+    total = 0.0
+    for row, pos in zip(scores, positives):
+        p = row[pos]
+        higher = sum(1 for i, s in enumerate(row) if i != pos and s > p)
+        equal = sum(1 for i, s in enumerate(row) if i != pos and s == p)
+        total += sum(1.0 / r for r in range(higher + 1, higher + equal + 2)) / (equal + 1)
     return total / len(scores)

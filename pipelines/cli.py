@@ -32,6 +32,8 @@ COMMANDS: dict[str, str] = {
     "probe": "pipelines.commands.probe",
     "tune": "pipelines.commands.tune",
     "mgs": "pipelines.commands.mgs",
+    "rank": "pipelines.commands.rank",
+    "sts": "pipelines.commands.sts",
     "export": "pipelines.commands.export",
 }
 

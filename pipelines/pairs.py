@@ -17,9 +17,10 @@ from pathlib import Path
 import numpy as np
 
 
-def read_pairs(path: str | Path) -> list[tuple[str, str, int]]:
+def read_pairs(path: str | Path, min_score: float | None = None) -> list[tuple[str, str, int]]:
     """(text_a, text_b, label) rows; a malformed line is an error naming file and line.
-    A first line whose label is not 0/1 is taken as a header and skipped."""
+    A first line whose label is not 0/1 is taken as a header and skipped. With `min_score`, the third
+    field is a graded score (e.g. STS-B's 0-5) and a pair is positive (1) when it is >= min_score."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"pair file '{path}' does not exist")
@@ -34,6 +35,13 @@ def read_pairs(path: str | Path) -> list[tuple[str, str, int]]:
                 raise ValueError(f"{path}:{line_no}: expected 'text_a<TAB>text_b<TAB>label', "
                                  f"got {len(parts)} field(s)")
             a, b, label = (p.strip() for p in parts)
+            if min_score is not None:
+                try:
+                    label = "1" if float(label) >= min_score else "0"
+                except ValueError:
+                    if line_no == 1 and not rows:
+                        continue                   # header
+                    raise ValueError(f"{path}:{line_no}: score must be a number, got '{label[:20]}'") from None
             if label not in ("0", "1"):
                 if line_no == 1 and not rows:
                     continue                       # header
@@ -74,9 +82,10 @@ def pairs_to_groups(pairs: list[tuple[str, str, int]]) -> list[list[str]]:
     return list(groups.values())
 
 
-def write_groups(pair_file: str | Path, out: str | Path) -> tuple[Path, int]:
-    """Convert a pair file into `{"texts": [...]}` JSON Lines (atomically); returns (path, groups)."""
-    groups = pairs_to_groups(read_pairs(pair_file))
+def write_groups(pair_file: str | Path, out: str | Path, min_score: float | None = None) -> tuple[Path, int]:
+    """Convert a pair file into `{"texts": [...]}` JSON Lines (atomically); returns (path, groups).
+    `min_score`: graded pairs (STS-B), positive from that score on (see read_pairs)."""
+    groups = pairs_to_groups(read_pairs(pair_file, min_score))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")

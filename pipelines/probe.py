@@ -30,22 +30,32 @@ from typing import Any
 
 import yaml
 
+from pipelines.probe_eval import bracket_spans, evaluate_outputs, format_table, segmentation_report  # noqa: F401
 from pipelines.probe_recipe import ProbeRecipe, ProbeSection, load_probe_recipe  # noqa: F401 (public here too)
 from pipelines.recipe import to_dict
 
 TREE_FILE_SUFFIXES = (".mrg", ".tree", ".trees", ".ptb")
 CONLLU_SUFFIXES = (".conllu", ".conll")
+SIGHAN_SUFFIXES = (".utf8",)
 
 
 # --- reading ---------------------------------------------------------------------------------------
-def parse_corpus_file(path: str, data: bytes, trees_labeled: bool = True) -> list[dict]:
+def parse_corpus_file(path: str, data: bytes, trees_labeled: bool = True,
+                      gold: dict[int, list[str]] | None = None) -> list[dict]:
     """One file's bytes -> rows {"id", "record": JSON of {"text", "gold_words"?, "tokens"?,
-    "gold_heads"?, "gold_spans"?, "upos"?}}. Malformed gold files raise (they are the yardstick)."""
+    "gold_heads"?, "gold_spans"?, "upos"?}}. Malformed gold files raise (they are the yardstick).
+    A SIGHAN raw file (.utf8) gives one row per non-blank line, with gold[line] as its gold words."""
+    from components.probing.sighan import read_raw
     from components.probing.treebank import read_bracketed, read_conllu
     from pipelines.data import parse_file
 
     name = Path(path).name
     rows = []
+    if path.endswith(SIGHAN_SUFFIXES):
+        for k, text in read_raw(data.decode("utf-8")):
+            rec = {"text": text} if gold is None else {"text": text, "gold_words": gold[k]}
+            rows.append({"id": f"{name}#{k}", "record": json.dumps(rec, ensure_ascii=False)})
+        return rows
     if path.endswith(CONLLU_SUFFIXES):
         for k, s in enumerate(read_conllu(data.decode("utf-8"), source=name), 1):
             rec = {"text": " ".join(s.words), "tokens": s.words, "gold_heads": s.heads, "upos": s.upos}
@@ -90,7 +100,7 @@ def _files(recipe: ProbeRecipe, workdir: Path) -> list[str]:
         from pipelines.corpora import corpus_file
         return [str(corpus_file("peoples-daily", workdir / "corpora"))]
     out = []
-    known = JSONL_SUFFIXES + PARQUET_SUFFIXES + CONLLU_SUFFIXES + TREE_FILE_SUFFIXES
+    known = JSONL_SUFFIXES + PARQUET_SUFFIXES + CONLLU_SUFFIXES + TREE_FILE_SUFFIXES + SIGHAN_SUFFIXES
     for p in recipe.data.files:
         path = Path(p).expanduser()
         if not path.is_file():
@@ -108,9 +118,10 @@ def read_probe_rows(recipe: ProbeRecipe, files: list[str]):
     from pipelines.data import split_key
 
     labeled = recipe.data.trees_labeled
+    gold = read_sighan_gold(recipe, files)
 
     def parse(row: dict) -> list[dict]:
-        return parse_corpus_file(row["path"], row["bytes"], labeled)
+        return parse_corpus_file(row["path"], row["bytes"], labeled, gold)
 
     ds = ray.data.read_binary_files(files, include_paths=True).flat_map(parse)
     d = recipe.data
@@ -124,6 +135,22 @@ def read_probe_rows(recipe: ProbeRecipe, files: list[str]):
     if d.max_rows:
         ds = ds.limit(d.max_rows)
     return ds
+
+
+def read_sighan_gold(recipe: ProbeRecipe, files: list[str]) -> dict[int, list[str]] | None:
+    """eval.gold's words by line number, checked against the raw file line by line (on the driver,
+    so a mismatch stops the run before any model work)."""
+    if not recipe.eval.gold:
+        return None
+    from components.probing.sighan import align_raw_gold, read_gold, read_raw
+    gold_path = Path(recipe.eval.gold).expanduser()
+    if not gold_path.is_file():
+        raise FileNotFoundError(f"eval.gold '{recipe.eval.gold}' does not exist")
+    if not files[0].endswith(SIGHAN_SUFFIXES):
+        raise ValueError(f"eval.gold scores a SIGHAN raw file ({', '.join(SIGHAN_SUFFIXES)}), got '{files[0]}'")
+    raw = read_raw(Path(files[0]).read_text(encoding="utf-8"))
+    gold = read_gold(gold_path.read_text(encoding="utf-8"))
+    return {k: words for k, _, words in align_raw_gold(raw, gold, source=gold_path.name)}
 
 
 # --- the actor -------------------------------------------------------------------------------------
@@ -145,13 +172,14 @@ class ProbeWorker:
     stage segments with the chosen threshold and parses."""
 
     def __init__(self, model_dir: str, probe: dict, stage: str, threshold: float | None = None,
-                 threads: int = 1, matrices: bool = False):
+                 threads: int = 1, matrices: bool = False, all_layers: bool = False):
         import torch
 
         from components.probing.prober import Prober
         torch.set_num_threads(threads)
         self.p = ProbeSection(**probe)
-        self.stage, self.threshold, self.matrices = stage, threshold, matrices
+        self.stage, self.threshold, self.matrices = stage, threshold, matrices or all_layers
+        self.all_layers = all_layers
         self.prober = Prober.from_pretrained(model_dir, layer=self.p.layer, distance=self.p.distance,
                                              subword=self.p.subword, token_budget=self.p.token_budget)
 
@@ -197,6 +225,13 @@ class ProbeWorker:
             todo.append(k)
             units.append(toks)
             roots.append(root)
+        if self.all_layers:
+            # Every layer's matrix from one set of forward passes; the driver decodes and scores them.
+            from components.probing.impact import impact_matrices
+            opts = dataclasses.replace(self.prober.options, layer="all", pairs="all")
+            for k, F in zip(todo, impact_matrices(self.prober.model, self.prober.tokenizer, units, opts)):
+                out[k]["matrix"] = F.ravel().tolist()
+            return out
         for k, parsed in zip(todo, self.prober.parse(units, dep, con, roots, keep_matrix=self.matrices)):
             out[k]["heads"] = parsed.heads
             out[k]["tree"] = to_brackets(parsed.tree, parsed.units) if parsed.tree is not None else None
@@ -221,7 +256,7 @@ def _map(ds, recipe: ProbeRecipe, stage: str, threshold: float | None = None):
     from ray.data import ActorPoolStrategy
     c = recipe.compute
     args = (str(Path(recipe.model.path).resolve()), dataclasses.asdict(recipe.probe), stage, threshold,
-            c.threads, recipe.output.matrices)
+            c.threads, recipe.output.matrices, recipe.eval.layers == "all" and "dependency" in recipe.probe.tasks)
     return ds.map_batches(ProbeWorker, fn_constructor_args=args, batch_size=c.batch_size, batch_format="pyarrow",
                           compute=ActorPoolStrategy(min_size=1, max_size=c.actors), num_cpus=c.cpus_per_actor)
 
@@ -275,8 +310,11 @@ def run_probe(recipe: ProbeRecipe, progress: bool = True) -> ProbeResult:
         metrics["seg_threshold"] = threshold
     _write_parquet(ds, out_dir)
     say(f"wrote {n_rows} rows to {out_dir} in {elapsed:.1f} s")
-    for key in sorted(report.get("metrics", {})):
-        say(f"  {key}: {report['metrics'][key]:.4f}")
+    if report.get("table"):
+        say(format_table(report["table"]))
+    else:
+        for key in sorted(report.get("metrics", {})):
+            say(f"  {key}: {report['metrics'][key]:.4f}")
     run_id = None
     if recipe.tracking.enabled and report.get("gold"):
         run_id = _log_mlflow(recipe, workdir, metrics, report)
@@ -312,124 +350,6 @@ def _mkparent(path: Path) -> Path:
     return path.parent
 
 
-# --- evaluation ------------------------------------------------------------------------------------
-def evaluate_outputs(recipe: ProbeRecipe, scored, parsed, threshold: float | None) -> dict:
-    """Scores against whatever gold the rows carry. Segmentation: P/R/F1 at the recipe's threshold,
-    the other unsupervised choices, the oracle fixed threshold, and two baselines (every character a
-    word; random boundaries at the method's own boundary rate)."""
-    import numpy as np
-
-    from components.probing.evaluate import attachment_scores, bracket_f1
-
-    metrics: dict[str, float] = {}
-    report: dict[str, Any] = {"gold": False, "metrics": metrics}
-    p = recipe.probe
-    if "segment" in p.tasks:
-        units, scores, gold = [], [], []
-        for row in scored.select_columns(["record", "chars", "scores"]).iter_rows():
-            rec = json.loads(row["record"])
-            if "gold_words" in rec:
-                units.append(list(row["chars"]))
-                scores.append(np.asarray(row["scores"], dtype=np.float64))
-                gold.append(rec["gold_words"])
-        if gold:
-            report["gold"] = True
-            report["segmentation"] = seg = segmentation_report(units, scores, gold, threshold)
-            metrics.update({f"seg_{k}": v for k, v in seg["flat"].items()})
-    if "dependency" in p.tasks or "constituency" in p.tasks:
-        pred_heads, gold_heads, keep = [], [], []
-        pred_spans, gold_spans, lengths = [], [], []
-        for row in parsed.select_columns(["record", "heads", "tree"]).iter_rows():
-            rec = json.loads(row["record"])
-            if row["heads"] is not None and "gold_heads" in rec:
-                pred_heads.append(list(row["heads"]))
-                gold_heads.append(rec["gold_heads"])
-                keep.append([u != "PUNCT" for u in rec["upos"]] if p.ignore_punct else None)
-            if row["tree"] is not None and "gold_spans" in rec:
-                pred_spans.append(bracket_spans(row["tree"]))
-                gold_spans.append({tuple(s) for s in rec["gold_spans"]})
-                lengths.append(len(rec["tokens"]))
-        if gold_heads:
-            report["gold"] = True
-            keep_arg = keep if p.ignore_punct else None
-            dep = attachment_scores(pred_heads, gold_heads, keep_arg)
-            metrics.update({"dep_uas": dep["uas"], "dep_uuas": dep["uuas"], "dep_sentences": float(len(gold_heads))})
-        if gold_spans:
-            report["gold"] = True
-            con = bracket_f1(pred_spans, gold_spans, lengths)
-            metrics.update({"con_sentence_f1": con["sentence_f1"], "con_corpus_f1": con["corpus_f1"],
-                            "con_sentences": float(len(gold_spans))})
-    notes = sum(1 for r in parsed.select_columns(["note"]).iter_rows() if r["note"])
-    if notes:
-        metrics["not_parsed"] = float(notes)
-    return report
-
-
-def bracket_spans(brackets: str) -> set[tuple[int, int]]:
-    """Constituents of an unlabeled bracketed tree as written by the parse stage (a one-word
-    sentence is the bare word)."""
-    from components.probing.treebank import read_bracketed
-    return read_bracketed(brackets, labeled=False)[0].spans if brackets.startswith("(") else set()
-
-
-def segmentation_report(units: list[list[str]], scores: list, gold: list[list[str]],
-                        threshold: float | None) -> dict:
-    """Segmentation P/R/F1 at `threshold` and under each unsupervised choice, the gold-optimal fixed
-    threshold (oracle), and the two baselines."""
-    import numpy as np
-
-    from components.probing.evaluate import segmentation_prf
-    from components.probing.segment import (
-        best_fixed_threshold,
-        choose_threshold,
-        segment,
-        words_from_boundaries,
-    )
-
-    pooled = np.concatenate(scores)
-    finite = pooled[np.isfinite(pooled)]
-
-    def score_at(t):
-        return segmentation_prf([segment(u, s, t) for u, s in zip(units, scores)], gold)
-
-    out: dict[str, Any] = {"sentences": len(gold), "gaps": int(finite.size), "choices": {}}
-    for method in ("otsu", "gmm"):
-        for log in (False, True):
-            try:
-                t = choose_threshold(finite, method, log)
-            except ValueError:
-                continue
-            r = score_at(t)
-            out["choices"][f"{method}{'_log' if log else ''}"] = {"threshold": t, **r.to_dict()}
-    flat: dict[str, float] = {}
-    if threshold is not None:
-        r = score_at(threshold)
-        rate = float((finite < threshold).mean())
-        out["chosen"] = {"threshold": threshold, "boundary_rate": rate, **r.to_dict()}
-        flat.update({"precision": r.precision, "recall": r.recall, "f1": r.f1, "boundary_rate": rate})
-        # Baseline: random boundaries at the same rate over the free gaps (forced ones stay), 5 draws.
-        rng = np.random.default_rng(0)
-        f1s = []
-        for _ in range(5):
-            pred = [words_from_boundaries(u, ~(np.isfinite(s)) | (rng.random(len(s)) < rate))
-                    for u, s in zip(units, scores)]
-            f1s.append(segmentation_prf(pred, gold))
-        out["random"] = {"boundary_rate": rate, "precision": float(np.mean([x.precision for x in f1s])),
-                         "recall": float(np.mean([x.recall for x in f1s])), "f1": float(np.mean([x.f1 for x in f1s]))}
-        flat.update({"random_f1": out["random"]["f1"], "random_precision": out["random"]["precision"],
-                     "random_recall": out["random"]["recall"]})
-    single = segmentation_prf([list(u) for u in units], gold)
-    out["single_char"] = single.to_dict()
-    t_best, f_best = best_fixed_threshold(scores, gold, units)
-    out["oracle"] = {"threshold": t_best, "f1": f_best}
-    flat.update({"single_char_f1": single.f1, "single_char_precision": single.precision,
-                 "single_char_recall": single.recall, "oracle_threshold": t_best, "oracle_f1": f_best})
-    for name, c in out["choices"].items():
-        flat[f"f1_{name}"] = c["f1"]
-    out["flat"] = flat
-    return out
-
-
 # --- MLflow and the model's calibration -----------------------------------------------------------
 def _log_mlflow(recipe: ProbeRecipe, workdir: Path, metrics: dict, report: dict) -> str:
     import mlflow
@@ -444,6 +364,8 @@ def _log_mlflow(recipe: ProbeRecipe, workdir: Path, metrics: dict, report: dict)
         mlflow.log_text(yaml.safe_dump(to_dict(recipe), sort_keys=False, allow_unicode=True), "recipe.yaml")
         mlflow.log_text(json.dumps({k: v for k, v in report.items() if k != "metrics"}, indent=2,
                                    ensure_ascii=False, default=float), "evaluation.json")
+        if report.get("table"):
+            mlflow.log_text(format_table(report["table"]) + "\n", "table.txt")
         return run.info.run_id
 
 

@@ -97,6 +97,29 @@ class ProbeOutputSection:
 
 
 @dataclass
+class ProbeEvalSection:
+    """Scoring against public test sets and the baselines computed in the same run."""
+    gold: str | None = None
+    """SIGHAN bakeoff gold segmentation (words separated by spaces) of the one raw-text file in
+    data.files (`.utf8`, one text a line): gold line k scores raw line k."""
+    train_words: str | None = None
+    """The bakeoff's training word list (one word a line): OOV and IV recall."""
+    pmi_corpus: str | None = None
+    """Raw text of the PMI segmentation baseline: `peoples-daily` (the text the MLM recipes train
+    on) or a text file, one text a line; None = no PMI baseline."""
+    seeds: int = 5
+    """Random baselines (boundaries at the predicted rate, projective trees): mean over this many seeds."""
+    layers: str = "one"
+    """`one`: probe.layer only. `all`: dependency trees from every layer's impact matrix with each
+    of `decoders`; the layer is chosen by UAS on the first `select_rows` sentences and the headline
+    is scored on the others."""
+    decoders: list[str] = field(default_factory=lambda: ["eisner", "chu_liu_edmonds"])
+    """Dependency decoders scored with layers: all."""
+    select_rows: int = 100
+    """Sentences (in file order) that choose the layer with layers: all; the headline leaves them out."""
+
+
+@dataclass
 class ProbeTrackingSection:
     enabled: bool = True
     experiment: str = "bert4ray-probe"
@@ -112,6 +135,7 @@ class ProbeRecipe:
     probe: ProbeSection = field(default_factory=ProbeSection)
     compute: ProbeComputeSection = field(default_factory=ProbeComputeSection)
     output: ProbeOutputSection = field(default_factory=ProbeOutputSection)
+    eval: ProbeEvalSection = field(default_factory=ProbeEvalSection)
     tracking: ProbeTrackingSection = field(default_factory=ProbeTrackingSection)
 
 
@@ -123,6 +147,7 @@ _CHOICES = {
     "probe.dependency": ("eisner", "chu_liu_edmonds"),
     "probe.root": ("impact", "gold"),
     "probe.constituency": ("mart", "mart_block_means", "seed", "right_branching", "left_branching"),
+    "eval.layers": ("one", "all"),
 }
 
 
@@ -162,6 +187,23 @@ def check_probe_recipe(r: ProbeRecipe) -> None:
         raise RecipeError("recipe key 'data.files' must list at least one file (or set data.source)")
     if not r.model.path:
         raise RecipeError("recipe key 'model.path' must name a model directory")
+    _check_eval(r)
+
+
+def _check_eval(r: ProbeRecipe) -> None:
+    e = r.eval
+    if e.gold and (r.data.source != "files" or len(r.data.files) != 1):
+        raise RecipeError("recipe key 'eval.gold' scores one raw-text file: set data.source: files "
+                          "and exactly one data.files entry")
+    if e.train_words and not e.gold:
+        raise RecipeError("recipe key 'eval.train_words' needs eval.gold (the words it splits into IV / OOV)")
+    if e.seeds < 1 or e.select_rows < 0:
+        raise RecipeError("recipe keys 'eval.seeds' must be >= 1 and 'eval.select_rows' >= 0")
+    for d in e.decoders:
+        if d not in ("eisner", "chu_liu_edmonds"):
+            raise RecipeError(f"recipe key 'eval.decoders' has unknown decoder {d!r}; valid: eisner, chu_liu_edmonds")
+    if e.layers == "all" and not e.decoders:
+        raise RecipeError("recipe key 'eval.decoders' is empty: eval.layers: all needs a dependency decoder")
 
 
 def load_probe_recipe(path: str | Path | None = None, overrides: list[str] | None = None,

