@@ -60,7 +60,7 @@ class RetrieverDeployment:
 
     def info(self) -> dict:
         r = self.retriever
-        return {"id": r.name, "fingerprint": r.fingerprint, "kind": "simbert-encoder",
+        return {"id": r.name, "fingerprint": r.fingerprint, "kind": "simbert-encoder", "dimensions": r.dimensions,
                 "index_size": len(r.index) if r.index is not None else None, "served": self.batches.served}
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0)
@@ -71,8 +71,8 @@ class RetrieverDeployment:
         return self.batches.answer_each(search, calls)
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0)
-    async def embed_many(self, calls: list[list[str]]) -> list[list[list[float]]]:
-        """Each call: texts → their vectors."""
+    async def embed_many(self, calls: list[list[str]]) -> list[list[dict]]:
+        """Each call: texts → their {"embedding", "tokens"}."""
         return self.batches.answer_each(self.retriever.embed, calls)
 
 

@@ -1,5 +1,13 @@
-"""Error handling for the HTTP surface: every client mistake becomes a 4xx with
-`{"error": {"code", "message"}}`; nothing a client sends can produce a 500 or stall a replica."""
+"""Errors of the HTTP surface, in OpenAI's shape so that OpenAI SDKs raise their typed errors:
+`{"error": {"message", "type", "param", "code"}}` with OpenAI's statuses (400 for a request that
+fails validation or a limit, 401 without the API key, 404 for an unknown route, model or missing
+capability). `code` is bert4ray's stable, machine-readable reason; `type` follows from the status.
+
+One convention from the models to the client: a capability class or deployment answers a client
+mistake in a request with `{"error": message}` in that request's place (a batch must not fail for
+one request); the ingress turns it into an ApiError (`raise_for_error`), and the ApiError, the
+validation handler and the middleware all write the same body (`error_body`). Nothing a client
+sends can produce a 500 or stall a replica."""
 
 from __future__ import annotations
 
@@ -14,40 +22,94 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
+def error_type(status: int) -> str:
+    """OpenAI's `type` for a status (the SDKs pick their exception class by the status itself)."""
+    if status == 401:
+        return "authentication_error"
+    if status == 403:
+        return "permission_error"
+    if status == 429:
+        return "rate_limit_error"
+    return "server_error" if status >= 500 else "invalid_request_error"
+
+
+def error_body(status: int, code: str, message: str, param: str | None = None) -> dict:
+    return {"error": {"message": message, "type": error_type(status), "param": param, "code": code}}
+
+
 class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str):
+    def __init__(self, status: int, code: str, message: str, param: str | None = None):
         super().__init__(message)
-        self.status, self.code, self.message = status, code, message
+        self.status, self.code, self.message, self.param = status, code, message, param
 
 
-def error_response(status: int, code: str, message: str) -> JSONResponse:
-    return JSONResponse(status_code=status, content={"error": {"code": code, "message": message}})
+def error_response(status: int, code: str, message: str, param: str | None = None) -> JSONResponse:
+    return JSONResponse(status_code=status, content=error_body(status, code, message, param))
+
+
+def limit(ok: bool, message: str, param: str | None = None) -> None:
+    """A per-request bound (Limits): 400, as OpenAI answers an input beyond a model's limits."""
+    if not ok:
+        raise ApiError(400, "limit_exceeded", message, param)
+
+
+def raise_for_error(answer, param: str | None = None):
+    """A deployment's answer to one request, or the ApiError for its `{"error": message}`."""
+    if isinstance(answer, dict) and set(answer) == {"error"}:
+        raise ApiError(400, "invalid_request", answer["error"], param)
+    return answer
+
+
+def _where(err: dict) -> str | None:
+    return ".".join(str(x) for x in err.get("loc", ()) if x != "body") or None
 
 
 def _describe(errors) -> str:
-    parts = []
-    for err in errors[:5]:
-        where = ".".join(str(x) for x in err.get("loc", ()) if x != "body") or "body"
-        parts.append(f"{where}: {err.get('msg', 'invalid')}")
-    return "; ".join(parts)
+    return "; ".join(f"{_where(err) or 'body'}: {err.get('msg', 'invalid')}" for err in errors[:5])
 
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_request: Request, exc: ApiError):
-        return error_response(exc.status, exc.code, exc.message)
+        return error_response(exc.status, exc.code, exc.message, exc.param)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_request: Request, exc: RequestValidationError):
         errors = exc.errors()
         if any(e.get("type") == "json_invalid" for e in errors):
             return error_response(400, "invalid_json", "request body is not valid JSON: " + _describe(errors))
-        return error_response(422, "invalid_request", _describe(errors))
+        return error_response(400, "invalid_request", _describe(errors), _where(errors[0]) if errors else None)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_request: Request, exc: StarletteHTTPException):
         codes = {404: "not_found", 405: "method_not_allowed"}
         return error_response(exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail))
+
+    _document_errors(app)
+
+
+def _document_errors(app: FastAPI) -> None:
+    """OpenAPI: FastAPI lists a 422 with its own body on every route that takes a body; bert4ray
+    answers those requests with a 400 and the error body above, so the schema says that."""
+    from serving.schemas import ErrorResponse
+    build = app.openapi
+
+    def openapi() -> dict:
+        schema = build()                                   # FastAPI caches it: patched once
+        defs = ErrorResponse.model_json_schema(ref_template="#/components/schemas/{model}")
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        components.update(defs.pop("$defs", {}))
+        components["ErrorResponse"] = defs
+        for operations in schema.get("paths", {}).values():
+            for operation in operations.values():
+                responses = operation.get("responses", {})
+                if responses.pop("422", None) is not None:
+                    responses["400"] = {"description": "Bad request (validation or limit)", "content": {
+                        "application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}}
+        for unused in ("HTTPValidationError", "ValidationError"):
+            components.pop(unused, None)
+        return schema
+    app.openapi = openapi
 
 
 class GuardMiddleware:
@@ -124,7 +186,7 @@ class GuardMiddleware:
 
     @staticmethod
     async def _reject(send: Send, status: int, code: str, message: str) -> None:
-        payload = json.dumps({"error": {"code": code, "message": message}}).encode()
+        payload = json.dumps(error_body(status, code, message)).encode()
         await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-type", b"application/json"),
                                 (b"content-length", str(len(payload)).encode())]})

@@ -1,27 +1,23 @@
 """The one FastAPI ingress: routes, limits, timeouts and errors; composes the capability
 deployments through DeploymentHandles. Routes whose capability is not deployed answer 404 with
-the usual error body."""
+the usual error body. The OpenAI-compatible routes live in serving/openai_routes.py."""
 
 
 import asyncio
-import json
 import time
-import uuid
 from importlib import resources
 
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, StreamingResponse
+from fastapi.responses import HTMLResponse
 from ray import serve
 from ray.exceptions import RayActorError
 
 from serving.coalescer import Coalescer
-from serving.errors import ApiError, GuardMiddleware, install_error_handlers
+from serving.errors import ApiError, GuardMiddleware, install_error_handlers, limit, raise_for_error
+from serving.openai_routes import OpenAIRoutes, router
 from serving.schemas import (
     AttributeRequest,
     AttributeResponse,
-    ChatRequest,
-    EmbeddingsRequest,
-    EmbeddingsResponse,
     Limits,
     ParseRequest,
     ParseResponse,
@@ -54,12 +50,8 @@ class _LazyGuard:
 api = FastAPI(title="bert4ray", version="0.1.0",
               description="SimBERT paraphrases and retrieval, embeddings, dialogue, attribution and parsing.")
 api.add_middleware(_LazyGuard)
+api.include_router(router)
 install_error_handlers(api)
-
-
-def _limit(ok: bool, message: str) -> None:
-    if not ok:
-        raise ApiError(422, "limit_exceeded", message)
 
 
 async def _await(response):
@@ -68,7 +60,7 @@ async def _await(response):
 
 @serve.deployment(name="ingress", graceful_shutdown_wait_loop_s=0.5, graceful_shutdown_timeout_s=5)
 @serve.ingress(api)
-class Ingress:
+class Ingress(OpenAIRoutes):
     def __init__(self, limits: dict | None = None, api_key_env: str = "BERT4RAY_API_KEY", retriever=None,
                  generator=None, chat=None, attributor=None, parser=None, extra: dict | None = None,
                  batching: dict | None = None, inflight_calls: int = 2):
@@ -83,6 +75,8 @@ class Ingress:
                          "wait_s": batching.get("batch_wait_timeout_s", 0.005),
                          "inflight": inflight_calls} if batching.get("enabled", True) else None
         self.coalescers: dict[tuple[str, str], Coalescer] = {}
+        self.model_infos: dict[str, dict] = {}          # capability -> its deployment's info, once asked
+        self.started = int(time.time())
 
     # --- helpers ----------------------------------------------------------------------------
     def _handle(self, name: str, what: str):
@@ -123,8 +117,8 @@ class Ingress:
             raise self._timeout() from None
 
     def _text(self, field: str, text: str) -> None:
-        _limit(len(text) <= self.limits.max_text_chars,
-               f"{field} has {len(text)} characters; the limit is {self.limits.max_text_chars}")
+        limit(len(text) <= self.limits.max_text_chars,
+              f"{field} has {len(text)} characters; the limit is {self.limits.max_text_chars}", field)
 
     # --- routes -----------------------------------------------------------------------------
     @api.get("/healthz")
@@ -137,7 +131,9 @@ class Ingress:
         for name, handle in self.handles.items():
             if handle is not None:
                 info = await self._call(handle.info.remote())
-                data.append({"object": "model", "owned_by": "bert4ray", "capability": name, **info})
+                # created: when this server loaded it (OpenAI's Model has it; a directory has no birth date)
+                data.append({"object": "model", "owned_by": "bert4ray", "created": self.started,
+                             "capability": name, **info})
         return {"object": "list", "data": data}
 
     @api.get("/", response_class=HTMLResponse)
@@ -148,24 +144,24 @@ class Ingress:
     @api.post("/v1/similar", response_model=SimilarResponse)
     async def similar(self, req: SimilarRequest) -> dict:
         self._text("text", req.text)
-        _limit(req.n <= self.limits.max_n, f"n={req.n} exceeds the limit of {self.limits.max_n}")
-        _limit(req.k <= self.limits.max_k, f"k={req.k} exceeds the limit of {self.limits.max_k}")
+        limit(req.n <= self.limits.max_n, f"n={req.n} exceeds the limit of {self.limits.max_n}", "n")
+        limit(req.k <= self.limits.max_k, f"k={req.k} exceeds the limit of {self.limits.max_k}", "k")
         steps = req.decoding.max_new_tokens or self.limits.max_new_tokens
-        _limit(steps <= self.limits.max_new_tokens,
-               f"decoding.max_new_tokens={steps} exceeds the limit of {self.limits.max_new_tokens}")
-        _limit(req.decoding.min_new_tokens <= steps,
-               f"decoding.min_new_tokens={req.decoding.min_new_tokens} exceeds max_new_tokens={steps}")
+        limit(steps <= self.limits.max_new_tokens,
+              f"decoding.max_new_tokens={steps} exceeds the limit of {self.limits.max_new_tokens}",
+              "decoding.max_new_tokens")
+        limit(req.decoding.min_new_tokens <= steps,
+              f"decoding.min_new_tokens={req.decoding.min_new_tokens} exceeds max_new_tokens={steps}",
+              "decoding.min_new_tokens")
         item = req.model_dump()
         item["decoding"]["max_new_tokens"] = steps
         out = await self._batched("generator", "paraphrase generation", "similar_many", item)
-        if isinstance(out, dict):
-            raise ApiError(422, "invalid_request", f"decoding: {out['error']}")
-        return {"candidates": out}
+        return {"candidates": raise_for_error(out, "decoding")}
 
     @api.post("/v1/search", response_model=SearchResponse)
     async def search(self, req: SearchRequest) -> dict:
         self._text("query", req.query)
-        _limit(req.k <= self.limits.max_k, f"k={req.k} exceeds the limit of {self.limits.max_k}")
+        limit(req.k <= self.limits.max_k, f"k={req.k} exceeds the limit of {self.limits.max_k}", "k")
         # A replica without an index answers with LookupError, rather than every request paying an
         # extra round trip to ask first.
         try:
@@ -174,28 +170,13 @@ class Ingress:
             raise ApiError(404, "no_index", "no index is loaded: start the server with --index DIR") from None
         return {"hits": hits}
 
-    @api.post("/v1/embeddings", response_model=EmbeddingsResponse)
-    async def embeddings(self, req: EmbeddingsRequest) -> dict:
-        texts = [req.input] if isinstance(req.input, str) else req.input
-        _limit(len(texts) <= self.limits.max_batch_inputs,
-               f"{len(texts)} inputs exceed the limit of {self.limits.max_batch_inputs}")
-        for i, text in enumerate(texts):
-            self._text(f"input[{i}]", text)
-        vectors = await asyncio.gather(*(self._batched("retriever", "embeddings", "embed_many", t) for t in texts))
-        info = await self._call(self.handles["retriever"].info.remote())
-        tokens = sum(len(t) for t in texts)
-        return {"object": "list", "model": info["id"],
-                "data": [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)],
-                "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
-
     @api.post("/v1/attribute", response_model=AttributeResponse,
               responses={200: {"content": {"text/html": {}}, "description": "JSON, or the heat map for Accept: text/html"}})
     async def attribute(self, req: AttributeRequest, request: Request):
         self._text("text", req.text)
-        _limit(req.steps <= self.limits.max_steps, f"steps={req.steps} exceeds the limit of {self.limits.max_steps}")
-        out = await self._batched("attributor", "attribution", "attribute_many", req.model_dump())
-        if "error" in out:
-            raise ApiError(422, "invalid_request", out["error"])
+        limit(req.steps <= self.limits.max_steps, f"steps={req.steps} exceeds the limit of {self.limits.max_steps}",
+              "steps")
+        out = raise_for_error(await self._batched("attributor", "attribution", "attribute_many", req.model_dump()))
         accept = request.headers.get("accept", "")
         if "text/html" in accept and "application/json" not in accept:
             from components.attribution import Attribution
@@ -212,51 +193,4 @@ class Ingress:
     @api.post("/v1/parse", response_model=ParseResponse)
     async def parse(self, req: ParseRequest) -> dict:
         self._text("text", req.text)
-        out = await self._batched("parser", "parsing", "parse_many", req.model_dump())
-        if "error" in out:
-            raise ApiError(422, "invalid_request", out["error"])
-        return out
-
-    @api.post("/v1/chat/completions")
-    async def chat_completions(self, req: ChatRequest):
-        _limit(len(req.messages) <= self.limits.max_turns,
-               f"{len(req.messages)} messages exceed the limit of {self.limits.max_turns}")
-        for i, m in enumerate(req.messages):
-            self._text(f"messages[{i}].content", m.content)
-        if req.messages[-1].role != "user":
-            raise ApiError(422, "invalid_request", "the last message must come from the user")
-        max_tokens = req.max_tokens or self.limits.max_new_tokens
-        _limit(max_tokens <= self.limits.max_new_tokens,
-               f"max_tokens={max_tokens} exceeds the limit of {self.limits.max_new_tokens}")
-        item = req.model_dump()
-        item["max_tokens"] = max_tokens
-        handle = self._handle("chat", "chat")
-        info = await self._call(handle.info.remote())
-        cid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
-        if not req.stream:
-            out = await self._call(handle.complete.remote(item))
-            return {"id": cid, "object": "chat.completion", "created": created, "model": info["id"],
-                    "choices": [{"index": 0, "finish_reason": out["finish_reason"],
-                                 "message": {"role": "assistant", "content": out["text"]}}],
-                    "usage": out["usage"]}
-        stream = handle.options(stream=True).stream.remote(item)
-
-        def chunk(delta: dict, finish: str | None = None) -> str:
-            body = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": info["id"],
-                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
-            return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
-
-        async def events():
-            yield chunk({"role": "assistant", "content": ""})
-            try:
-                async for piece in stream:
-                    if isinstance(piece, dict):
-                        yield chunk({}, piece["finish_reason"])
-                    else:
-                        yield chunk({"content": piece})
-            except Exception as exc:  # noqa: BLE001 - the stream has started; report in-band
-                err = {"error": {"code": "generation_failed", "message": str(exc).splitlines()[0][:200]}}
-                yield f"data: {json.dumps(err)}\n\n"
-            yield "data: [DONE]\n\n"
-        return StreamingResponse(events(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return raise_for_error(await self._batched("parser", "parsing", "parse_many", req.model_dump()))

@@ -22,8 +22,16 @@ class Retriever:
     def name(self) -> str:
         return self.model_dir.name
 
-    def embed(self, texts: list[str]) -> list[list[float]]:
-        return self.encoder.encode(texts).tolist()
+    @property
+    def dimensions(self) -> int:
+        return self.encoder.model.config.hidden_size
+
+    def embed(self, texts: list[str]) -> list[dict]:
+        """Each text's unit vector ("embedding") and the number of tokens the model read for it
+        ("tokens": its tokenizer's ids after truncation to max_length, [CLS] and [SEP] included)."""
+        vectors = self.encoder.encode(texts).tolist()
+        tok, length = self.encoder.tokenizer, self.encoder.max_length
+        return [{"embedding": v, "tokens": len(tok.encode(t, max_length=length)[0])} for t, v in zip(texts, vectors)]
 
     def search(self, queries: list[str], ks: list[int]) -> list[list[dict]]:
         """One batched encode and one index search for many queries; each keeps its own k."""

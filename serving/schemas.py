@@ -1,6 +1,8 @@
-"""Request and response schemas. Every request model forbids unknown fields; bounds come from
-`Limits`, so a deployment can tighten or loosen them in its config. The decoding settings are
-derived from components' DecodingConfig (same names, types and defaults)."""
+"""Request and response schemas. Every request model forbids unknown fields and is strict about
+JSON types (`true` is not an integer, `1.0` is not an integer, `"5"` is not a number; an integer
+is a number); bounds come from `Limits`, so a deployment can tighten or loosen them in its config.
+The decoding settings are derived from components' DecodingConfig (same names, types and
+defaults). The OpenAI routes' fields follow OpenAI's API (nullable where it is nullable)."""
 
 from __future__ import annotations
 
@@ -27,7 +29,8 @@ class Limits(BaseModel):
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
+    # strict: no coercion between JSON types (pydantic would take `true` or `2.0` as an integer)
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=False, strict=True)
 
 
 # Per-request bounds on decoding settings (compute per request stays bounded); every field, type
@@ -118,7 +121,13 @@ class SearchResponse(BaseModel):
 class EmbeddingsRequest(Strict):
     input: str | list[str]
     model: str | None = None
-    encoding_format: Literal["float"] = "float"
+    """Echoed in the response; must name the served model (its id or "retriever") when given."""
+    encoding_format: Literal["float", "base64"] = "float"
+    """base64: the little-endian float32 bytes of each vector (the openai SDK's default)."""
+    dimensions: int | None = Field(None, ge=1)
+    """Only the model's own size: bert4ray's vectors are not trained to be truncated."""
+    user: str | None = None
+    """Accepted and ignored."""
 
     @field_validator("input")
     @classmethod
@@ -134,32 +143,94 @@ class EmbeddingsRequest(Strict):
 class EmbeddingItem(BaseModel):
     object: Literal["embedding"] = "embedding"
     index: int
-    embedding: list[float]
+    embedding: list[float] | str
+
+
+class EmbeddingsUsage(BaseModel):
+    prompt_tokens: int
+    """Tokens the model read ([CLS] and [SEP] included), counted by its tokenizer."""
+    total_tokens: int
 
 
 class EmbeddingsResponse(BaseModel):
     object: Literal["list"] = "list"
     data: list[EmbeddingItem]
     model: str
-    usage: dict[str, int]
+    usage: EmbeddingsUsage
+
+
+class TextPart(Strict):
+    type: Literal["text"]
+    text: str
 
 
 class ChatMessage(Strict):
-    role: Literal["system", "user", "assistant"]
-    content: str
+    role: Literal["system", "developer", "user", "assistant"]
+    """system and developer messages are not part of a chit-chat LM's input (dropped)."""
+    content: str | list[TextPart]
+    """A string, or OpenAI's content parts of type text (joined into one string)."""
+
+    @field_validator("content")
+    @classmethod
+    def _joined(cls, value):
+        return value if isinstance(value, str) else "".join(part.text for part in value)
+
+
+class StreamOptions(Strict):
+    include_usage: bool = False
+    """A last chunk with the usage (and no choices) before [DONE]."""
+    include_obfuscation: bool | None = None
+    """Accepted; bert4ray's chunks carry no obfuscation field."""
+
+
+MAX_STOPS = 4
 
 
 class ChatRequest(Strict):
+    """OpenAI's chat request (the fields bert4ray implements; others are refused), plus bert4ray's
+    `top_k` and `consistent`. None means the default, as in OpenAI's API."""
     messages: list[ChatMessage] = Field(min_length=1)
     model: str | None = None
+    """Echoed in the response; must name the served model (its id or "chat") when given."""
+    max_completion_tokens: int | None = Field(None, ge=1)
     max_tokens: int | None = Field(None, ge=1)
-    temperature: float = Field(1.0, ge=0, le=10)
+    """The older name of max_completion_tokens (both may be sent if they agree)."""
+    temperature: float | None = Field(None, ge=0, le=10)
+    """0: greedy; default 1."""
     top_p: float | None = Field(None, gt=0, le=1)
     top_k: int | None = Field(None, ge=1, le=1000)
     consistent: bool = False
-    stream: bool = False
+    stop: str | list[str] | None = None
+    """Up to 4 texts: the reply ends before the first of them, which is not returned."""
+    n: int | None = Field(None, ge=1)
+    """Choices, each decoded with its own seed (seed + index when a seed is given)."""
     seed: int | None = Field(None, ge=0, le=2**63 - 1)
-    n: int = Field(1, ge=1, le=1)
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
+    user: str | None = None
+    """Accepted and ignored."""
+
+    @field_validator("stop")
+    @classmethod
+    def _stops(cls, value):
+        items = [value] if isinstance(value, str) else value or []
+        if len(items) > MAX_STOPS:
+            raise ValueError(f"at most {MAX_STOPS} stop sequences, got {len(items)}")
+        if any(not item for item in items):
+            raise ValueError("a stop sequence must not be empty")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent_options(self):
+        if self.stream_options is not None and not self.stream:
+            raise ValueError("stream_options is only allowed with stream: true")
+        if None not in (self.max_tokens, self.max_completion_tokens) and self.max_tokens != self.max_completion_tokens:
+            raise ValueError(f"max_tokens={self.max_tokens} and max_completion_tokens={self.max_completion_tokens} "
+                             "disagree; send max_completion_tokens only")
+        return self
+
+    def stops(self) -> list[str]:
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
 
 
 class AttributeRequest(Strict):
@@ -214,8 +285,14 @@ class ParseResponse(BaseModel):
 
 
 class ErrorBody(BaseModel):
-    code: str
+    """OpenAI's error object."""
     message: str
+    type: str
+    """invalid_request_error, authentication_error, server_error, ... (follows the status)."""
+    param: str | None = None
+    """The request field at fault, when there is one."""
+    code: str
+    """bert4ray's reason: invalid_request, limit_exceeded, not_deployed, model_not_found, ..."""
 
 
 class ErrorResponse(BaseModel):

@@ -51,14 +51,14 @@ def test_heat_map_is_escaped_html(attr_url):
 
 
 @pytest.mark.parametrize("body, status, code", [
-    ({"text": ""}, 422, "invalid_request"),
-    ({"text": "好", "steps": 0}, 422, "invalid_request"),
-    ({"text": "好", "steps": 500}, 422, "limit_exceeded"),
-    ({"text": "好" * 65}, 422, "limit_exceeded"),
-    ({"text": "好", "target": "meh"}, 422, "invalid_request"),
-    ({"text": "好", "target": 7}, 422, "invalid_request"),
-    ({"text": "好", "rule": "simpson"}, 422, "invalid_request"),
-    ({"text": "好", "colour": "red"}, 422, "invalid_request"),
+    ({"text": ""}, 400, "invalid_request"),
+    ({"text": "好", "steps": 0}, 400, "invalid_request"),
+    ({"text": "好", "steps": 500}, 400, "limit_exceeded"),
+    ({"text": "好" * 65}, 400, "limit_exceeded"),
+    ({"text": "好", "target": "meh"}, 400, "invalid_request"),
+    ({"text": "好", "target": 7}, 400, "invalid_request"),
+    ({"text": "好", "rule": "simpson"}, 400, "invalid_request"),
+    ({"text": "好", "colour": "red"}, 400, "invalid_request"),
 ])
 def test_bad_attribution_requests(attr_url, body, status, code):
     base, _ = attr_url

@@ -1,5 +1,6 @@
 """The Serve application over real HTTP on 127.0.0.1: every route's normal answer and a table of
-bad inputs, each answered with a 4xx and the documented error body."""
+bad inputs, each answered with a 4xx and the documented error body (OpenAI's shape and statuses:
+a request that fails validation or a limit is a 400)."""
 
 import json
 
@@ -16,7 +17,13 @@ def test_health_models_docs_and_demo_page(client):
     assert {"retriever", "generator", "chat"} <= set(caps)
     assert len(caps["retriever"]["fingerprint"]) == 64 and caps["retriever"]["index_size"] == 24
     assert client.get("/docs").status_code == 200
-    assert "/v1/similar" in client.get("/openapi.json").json()["paths"]
+    spec = client.get("/openapi.json").json()
+    assert "/v1/similar" in spec["paths"] and "/v1/embeddings" in spec["paths"]
+    # the documented bad-request answer is the one given: 400 with the error body, no 422
+    similar = spec["paths"]["/v1/similar"]["post"]["responses"]
+    assert "422" not in similar and similar["400"]["content"]["application/json"]["schema"]["$ref"].endswith(
+        "/ErrorResponse")
+    assert set(spec["components"]["schemas"]["ErrorBody"]["properties"]) == {"message", "type", "param", "code"}
     page = client.get("/")
     assert page.status_code == 200 and "<script src" not in page.text and "http" not in page.text.split("<script>")[1]
 
@@ -61,38 +68,38 @@ def test_similar_accepts_every_tuned_decoding_setting(client):
 LONG = "天" * 65
 BAD = [
     # (method, path, body bytes or json, headers, status, code)
-    ("POST", "/v1/search", {"query": ""}, None, 422, "invalid_request"),
-    ("POST", "/v1/search", {"query": "   "}, None, 422, "invalid_request"),
-    ("POST", "/v1/search", {"query": LONG}, None, 422, "limit_exceeded"),
-    ("POST", "/v1/search", {"query": "天气", "k": 0}, None, 422, "invalid_request"),
-    ("POST", "/v1/search", {"query": "天气", "k": 10_000}, None, 422, "limit_exceeded"),
-    ("POST", "/v1/search", {"query": "天气", "k": "five"}, None, 422, "invalid_request"),
-    ("POST", "/v1/search", {"query": 42}, None, 422, "invalid_request"),
-    ("POST", "/v1/search", {"query": "天气", "extra": 1}, None, 422, "invalid_request"),
-    ("POST", "/v1/search", {}, None, 422, "invalid_request"),
+    ("POST", "/v1/search", {"query": ""}, None, 400, "invalid_request"),
+    ("POST", "/v1/search", {"query": "   "}, None, 400, "invalid_request"),
+    ("POST", "/v1/search", {"query": LONG}, None, 400, "limit_exceeded"),
+    ("POST", "/v1/search", {"query": "天气", "k": 0}, None, 400, "invalid_request"),
+    ("POST", "/v1/search", {"query": "天气", "k": 10_000}, None, 400, "limit_exceeded"),
+    ("POST", "/v1/search", {"query": "天气", "k": "five"}, None, 400, "invalid_request"),
+    ("POST", "/v1/search", {"query": 42}, None, 400, "invalid_request"),
+    ("POST", "/v1/search", {"query": "天气", "extra": 1}, None, 400, "invalid_request"),
+    ("POST", "/v1/search", {}, None, 400, "invalid_request"),
     ("POST", "/v1/search", b"{not json", None, 400, "invalid_json"),
     ("POST", "/v1/search", b"\xff\xfe\x00", None, 400, "invalid_encoding"),
     ("POST", "/v1/search", b'{"query": "x"}', {"content-type": "text/plain"}, 415, "unsupported_media_type"),
     ("POST", "/v1/search", json.dumps({"query": "天" * 5000}).encode(), None, 413, "payload_too_large"),
-    ("POST", "/v1/similar", {"text": "天气", "n": 1000}, None, 422, "limit_exceeded"),
-    ("POST", "/v1/similar", {"text": "天气", "decoding": {"top_p": 1.5}}, None, 422, "invalid_request"),
-    ("POST", "/v1/similar", {"text": "天气", "decoding": {"temperature": -1}}, None, 422, "invalid_request"),
-    ("POST", "/v1/similar", {"text": "天气", "decoding": {"max_new_tokens": 500}}, None, 422, "limit_exceeded"),
-    ("POST", "/v1/similar", {"text": "天气", "decoding": {"beams": 2}}, None, 422, "invalid_request"),
-    ("POST", "/v1/similar", {"text": "天气", "decoding": {"seed": 10**30}}, None, 422, "invalid_request"),
-    ("POST", "/v1/similar", {"text": "天气", "n": 8, "decoding": {"strategy": "beam", "num_beams": 4}}, None, 422,
+    ("POST", "/v1/similar", {"text": "天气", "n": 1000}, None, 400, "limit_exceeded"),
+    ("POST", "/v1/similar", {"text": "天气", "decoding": {"top_p": 1.5}}, None, 400, "invalid_request"),
+    ("POST", "/v1/similar", {"text": "天气", "decoding": {"temperature": -1}}, None, 400, "invalid_request"),
+    ("POST", "/v1/similar", {"text": "天气", "decoding": {"max_new_tokens": 500}}, None, 400, "limit_exceeded"),
+    ("POST", "/v1/similar", {"text": "天气", "decoding": {"beams": 2}}, None, 400, "invalid_request"),
+    ("POST", "/v1/similar", {"text": "天气", "decoding": {"seed": 10**30}}, None, 400, "invalid_request"),
+    ("POST", "/v1/similar", {"text": "天气", "n": 8, "decoding": {"strategy": "beam", "num_beams": 4}}, None, 400,
      "invalid_request"),
-    ("POST", "/v1/similar", {"text": "天气", "decoding": {"min_new_tokens": 20, "max_new_tokens": 10}}, None, 422,
+    ("POST", "/v1/similar", {"text": "天气", "decoding": {"min_new_tokens": 20, "max_new_tokens": 10}}, None, 400,
      "limit_exceeded"),
-    ("POST", "/v1/embeddings", {"input": []}, None, 422, "invalid_request"),
-    ("POST", "/v1/embeddings", {"input": ["ok", ""]}, None, 422, "invalid_request"),
-    ("POST", "/v1/embeddings", {"input": ["天"] * 100}, None, 422, "limit_exceeded"),
-    ("POST", "/v1/chat/completions", {"messages": []}, None, 422, "invalid_request"),
-    ("POST", "/v1/chat/completions", {"messages": [{"role": "robot", "content": "hi"}]}, None, 422,
+    ("POST", "/v1/embeddings", {"input": []}, None, 400, "invalid_request"),
+    ("POST", "/v1/embeddings", {"input": ["ok", ""]}, None, 400, "invalid_request"),
+    ("POST", "/v1/embeddings", {"input": ["天"] * 100}, None, 400, "limit_exceeded"),
+    ("POST", "/v1/chat/completions", {"messages": []}, None, 400, "invalid_request"),
+    ("POST", "/v1/chat/completions", {"messages": [{"role": "robot", "content": "hi"}]}, None, 400,
      "invalid_request"),
-    ("POST", "/v1/chat/completions", {"messages": [{"role": "user", "content": "你好"}] * 7}, None, 422,
+    ("POST", "/v1/chat/completions", {"messages": [{"role": "user", "content": "你好"}] * 7}, None, 400,
      "limit_exceeded"),
-    ("POST", "/v1/chat/completions", {"messages": [{"role": "assistant", "content": "你好"}]}, None, 422,
+    ("POST", "/v1/chat/completions", {"messages": [{"role": "assistant", "content": "你好"}]}, None, 400,
      "invalid_request"),
     ("GET", "/v1/nothing-here", None, None, 404, "not_found"),
     ("GET", "/v1/search", None, None, 405, "method_not_allowed"),
@@ -111,7 +118,8 @@ def test_bad_input_gets_a_4xx_with_the_error_body(client, method, path, body, he
     response = client.request(method, path, **kwargs)
     assert response.status_code == status, response.text
     error = response.json()["error"]
-    assert error["code"] == code and error["message"]
+    assert error["code"] == code and error["message"] and set(error) == {"message", "type", "param", "code"}
+    assert error["type"] == "invalid_request_error"
 
 
 def test_a_bad_request_never_takes_the_replica_down(client):
@@ -135,6 +143,7 @@ def test_api_key_is_required_when_configured(serve_instance, simbert_dir, monkey
         assert httpx.get(f"{base}/healthz").status_code == 200                  # liveness stays open
         denied = httpx.post(f"{base}/v1/embeddings", json={"input": "天气"})
         assert denied.status_code == 401 and denied.json()["error"]["code"] == "unauthorized"
+        assert denied.json()["error"]["type"] == "authentication_error"
         wrong = httpx.post(f"{base}/v1/embeddings", json={"input": "天气"}, headers={"X-API-Key": "nope"})
         assert wrong.status_code == 401
         ok = httpx.post(f"{base}/v1/embeddings", json={"input": "天气"},

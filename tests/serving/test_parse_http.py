@@ -73,14 +73,14 @@ def test_concurrent_requests_are_batched_to_the_same_answers(parse_url):
 
 
 @pytest.mark.parametrize("route, body, status, code", [
-    ("segment", {"text": ""}, 422, "invalid_request"),
-    ("segment", {"text": "   "}, 422, "invalid_request"),
-    ("segment", {"text": "好" * 65}, 422, "limit_exceeded"),
-    ("segment", {"text": 7}, 422, "invalid_request"),
-    ("segment", {"text": "好", "threshold": 3}, 422, "invalid_request"),
-    ("parse", {"text": "好", "dependency": "arcstandard"}, 422, "invalid_request"),
-    ("parse", {"text": "好", "constituency": "cky"}, 422, "invalid_request"),
-    ("parse", {"text": " ".join(["a"] * 31)}, 422, "invalid_request"),   # 31 words + [CLS]/[SEP] > 32 positions
+    ("segment", {"text": ""}, 400, "invalid_request"),
+    ("segment", {"text": "   "}, 400, "invalid_request"),
+    ("segment", {"text": "好" * 65}, 400, "limit_exceeded"),
+    ("segment", {"text": 7}, 400, "invalid_request"),
+    ("segment", {"text": "好", "threshold": 3}, 400, "invalid_request"),
+    ("parse", {"text": "好", "dependency": "arcstandard"}, 400, "invalid_request"),
+    ("parse", {"text": "好", "constituency": "cky"}, 400, "invalid_request"),
+    ("parse", {"text": " ".join(["a"] * 31)}, 400, "invalid_request"),   # 31 words + [CLS]/[SEP] > 32 positions
 ])
 def test_bad_requests(parse_url, route, body, status, code):
     base, _ = parse_url

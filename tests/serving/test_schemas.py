@@ -4,6 +4,7 @@ with per-request bounds and the strict validation of every request schema."""
 import subprocess
 import sys
 from dataclasses import fields
+from typing import get_args
 
 import pytest
 from pydantic import ValidationError
@@ -51,3 +52,55 @@ def test_beam_requests_are_checked_against_the_default_beams():
 def test_the_schemas_import_without_torch():
     code = "import sys, serving.schemas; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+MINIMAL = {"SimilarRequest": {"text": "天气"}, "SearchRequest": {"query": "天气"}, "EmbeddingsRequest": {"input": "天气"},
+           "ChatRequest": {"messages": [{"role": "user", "content": "你好"}]},
+           "ChatMessage": {"role": "user", "content": "你好"}, "StreamOptions": {},
+           "TextPart": {"type": "text", "text": "你好"}, "DecodingOptions": {},
+           "AttributeRequest": {"text": "好"}, "SegmentRequest": {"text": "好"}, "ParseRequest": {"text": "好"}}
+"""A valid request of every request schema (every subclass of Strict must be here)."""
+
+
+def _int_fields(model) -> list[str]:
+    def has_int(kind) -> bool:
+        return kind is int or any(has_int(arg) for arg in get_args(kind))
+    return [name for name, field in model.model_fields.items() if has_int(field.annotation)]
+
+
+def test_every_integer_field_of_every_request_schema_refuses_booleans_floats_and_strings():
+    """JSON `true`, `2.0` and `"2"` are not integers (pydantic's lax mode would take them)."""
+    import serving.schemas as schemas
+    requests = {name: obj for name, obj in vars(schemas).items()
+                if isinstance(obj, type) and issubclass(obj, schemas.Strict) and obj is not schemas.Strict}
+    assert set(requests) == set(MINIMAL)
+    checked = 0
+    for name, model in requests.items():
+        model.model_validate(MINIMAL[name])
+        for field in _int_fields(model):
+            model.model_validate({**MINIMAL[name], field: 2})          # a valid integer everywhere
+            takes_text = str in get_args(model.model_fields[field].annotation)      # e.g. a label name
+            for bad in (True, 2.0) if takes_text else (True, 2.0, "2"):
+                with pytest.raises(ValidationError) as err:
+                    model.model_validate({**MINIMAL[name], field: bad})
+                assert err.value.errors()[0]["loc"][0] == field, (name, field, bad)
+            checked += 1
+    assert checked >= 16                           # n, k, steps, dimensions, max_*tokens, seeds, top_k, beams ...
+
+
+def test_numbers_take_integers_but_not_booleans():
+    from serving.schemas import ChatRequest
+    messages = [{"role": "user", "content": "你好"}]
+    assert ChatRequest.model_validate({"messages": messages, "temperature": 1}).temperature == 1.0
+    with pytest.raises(ValidationError):
+        ChatRequest.model_validate({"messages": messages, "temperature": True})
+    with pytest.raises(ValidationError):
+        SimilarRequest.model_validate({"text": "天气", "decoding": {"consistent": 1}})
+
+
+def test_chat_content_parts_of_type_text_are_joined():
+    from serving.schemas import ChatMessage
+    parts = [{"type": "text", "text": "你"}, {"type": "text", "text": "好"}]
+    assert ChatMessage.model_validate({"role": "user", "content": parts}).content == "你好"
+    with pytest.raises(ValidationError):
+        ChatMessage.model_validate({"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]})
