@@ -53,39 +53,59 @@ def _root(row: dict, root: str):
 
 
 def dependency_layers_report(recipe, parsed) -> dict:
-    from pipelines.probe_eval import attachment_both, tree_baselines
+    """The recipe's root choice (probe.root) gives the headline; with eval.gold_root_too the same
+    matrices are also decoded with the gold root (the paper's setting), as `gold_root_*` rows."""
+    from pipelines.probe_eval import tree_baselines
 
     rows = collect(parsed)
     if not rows:
         return {}
     e = recipe.eval
     k = min(e.select_rows, len(rows) - 1)
+    test = rows[k:]
+    gold_t, upos_t = [r["gold"] for r in test], [r["upos"] for r in test]
+    report = _layers(rows, k, e.decoders, recipe.probe.root, "")
+    if e.gold_root_too and recipe.probe.root != "gold":
+        extra = _layers(rows, k, e.decoders, "gold", "gold_root_")
+        report["flat"].update(extra["flat"])
+        report["layers"].update(extra["layers"])
+        report["table"] += extra["table"]
+        report["layer_rows"] += extra["layer_rows"]
+    for name, b in tree_baselines(gold_t, upos_t, e.seeds):
+        report["table"].append((name, b))
+        key = name.split(" ")[0].replace("-", "_")
+        report["flat"].update({f"dep_{key}_{m}": v for m, v in b.items()})
+    report["flat"].update({"dep_select_sentences": float(k), "dep_test_sentences": float(len(test))})
+    return {"select_sentences": k, "test_sentences": len(test), "layers": report["layers"],
+            "flat": report["flat"], "table": report["table"] + report["layer_rows"]}
+
+
+def _layers(rows: list[dict], k: int, decoders: list[str], root: str, prefix: str) -> dict:
+    """Per decoder: every layer scored on the selection and test slices, the chosen layer's test score."""
+    from pipelines.probe_eval import attachment_both
     sel, test = rows[:k], rows[k:]
-    heads = decode_all(rows, e.decoders, recipe.probe.root)
+    heads = decode_all(rows, decoders, root)
     L = rows[0]["F"].shape[0]
     gold_t, upos_t = [r["gold"] for r in test], [r["upos"] for r in test]
     per_layer, flat, table = {}, {}, []
-    for d in e.decoders:
+    label = "gold root, " if root == "gold" else ""
+    for d in decoders:
         for layer in range(1, L + 1):
             h = heads[(d, layer)]
-            per_layer[f"{d}_layer{layer}"] = {
+            per_layer[f"{prefix}{d}_layer{layer}"] = {
                 "select": attachment_both(h[:k], [r["gold"] for r in sel], [r["upos"] for r in sel]) if k else {},
                 "test": attachment_both(h[k:], gold_t, upos_t)}
         # The layer with the best selection-slice UAS (all sentences when there is no selection slice).
         part = "select" if k else "test"
-        best = max(range(1, L + 1), key=lambda li: per_layer[f"{d}_layer{li}"][part]["uas_nopunct"])
-        head = per_layer[f"{d}_layer{best}"]["test"]
-        table.append((f"perturbed masking, {d}, layer {best} (chosen on the first {k})", {**head, "layer": best}))
-        flat.update({f"dep_{d}_layer": float(best), **{f"dep_{d}_{m}": v for m, v in head.items()}})
+        best = max(range(1, L + 1), key=lambda li: per_layer[f"{prefix}{d}_layer{li}"][part]["uas_nopunct"])
+        head = per_layer[f"{prefix}{d}_layer{best}"]["test"]
+        table.append((f"perturbed masking, {label}{d}, layer {best} (chosen on the first {k})",
+                      {**head, "layer": best}))
+        flat.update({f"dep_{prefix}{d}_layer": float(best), **{f"dep_{prefix}{d}_{m}": v for m, v in head.items()}})
         for layer in range(1, L + 1):
-            flat.update({f"dep_{d}_layer{layer}_{m}": v for m, v in per_layer[f"{d}_layer{layer}"]["test"].items()})
-    for name, b in tree_baselines(gold_t, upos_t, e.seeds):
-        table.append((name, b))
-        key = name.split(" ")[0].replace("-", "_")
-        flat.update({f"dep_{key}_{m}": v for m, v in b.items()})
-    layer_rows = [(f"  {d}, layer {layer} (all layers, test slice)", {**per_layer[f"{d}_layer{layer}"]["test"],
-                                                                     "layer": layer})
-                  for d in e.decoders for layer in range(1, L + 1)]
-    flat.update({"dep_select_sentences": float(k), "dep_test_sentences": float(len(test))})
-    return {"select_sentences": k, "test_sentences": len(test), "layers": per_layer, "flat": flat,
-            "table": table + layer_rows}
+            flat.update({f"dep_{prefix}{d}_layer{layer}_{m}": v
+                         for m, v in per_layer[f"{prefix}{d}_layer{layer}"]["test"].items()})
+    layer_rows = [(f"  {label}{d}, layer {layer} (every layer, test slice)",
+                   {**per_layer[f"{prefix}{d}_layer{layer}"]["test"], "layer": layer})
+                  for d in decoders for layer in range(1, L + 1)]
+    return {"layers": per_layer, "flat": flat, "table": table, "layer_rows": layer_rows}

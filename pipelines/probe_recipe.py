@@ -117,6 +117,9 @@ class ProbeEvalSection:
     """Dependency decoders scored with layers: all."""
     select_rows: int = 100
     """Sentences (in file order) that choose the layer with layers: all; the headline leaves them out."""
+    gold_root_too: bool = False
+    """With layers: all and probe.root: impact, also decode the same matrices with the gold root (the
+    setting of Wu et al.'s published figures), reported beside the unsupervised headline."""
 
 
 @dataclass

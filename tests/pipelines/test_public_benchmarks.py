@@ -103,6 +103,8 @@ def test_ud_recipes_choose_the_layer_on_a_held_out_slice(ray_session, tiny_mlm, 
     assert m["dep_right_chain_uas"] == pytest.approx(rc["uas"])
     assert m["dep_left_chain_uuas"] == pytest.approx(m["dep_right_chain_uuas"])
     assert 0.0 < m["dep_random_uas_nopunct"] < 1.0
+    # The recipes also decode the same matrices with the gold root (the paper's setting).
+    assert 0.0 <= m["dep_gold_root_eisner_uas"] <= 1.0 and "dep_gold_root_chu_liu_edmonds_layer" in m
 
 
 def test_rank_command_scores_model_and_baselines(tiny_model_dir, tmp_path, capsys):
