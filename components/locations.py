@@ -14,7 +14,9 @@ Downloads are cached under `BERT4RAY_MODEL_CACHE` (default: the temp dir's `bert
 hash of scope and pinned reference, and
 land atomically: fetched into a temporary sibling and renamed into place only once they hold a
 model directory, so an interrupted or failed download is never taken for a model. This module
-knows no scheme itself (components never imports MLflow or Ray).
+knows only the object stores that pyarrow reads (`s3://`, `gs://`, `abfs://`, `hdfs://`: see
+components.objectstore, registered below); MLflow's schemes are registered by pipelines and serving
+(components never imports MLflow or Ray).
 """
 
 from __future__ import annotations
@@ -161,3 +163,15 @@ def pin_registry_uri(reference: str, version_of_alias: Callable[[str, str], str]
         if version is None:
             raise ValueError(f"registered model '{name}' has no versions")
     return f"models:/{name}/{version}" + (f"/{rest}" if rest else "")
+
+
+def _register_object_stores() -> None:
+    # pyarrow is a components dependency, so bucket URIs resolve wherever components is imported.
+    from components import objectstore
+    handler = Handler(fetch_fn=objectstore.fetch_model, pin_fn=objectstore.pin_model,
+                      scope_fn=objectstore.endpoint_scope)
+    for prefix in objectstore.SCHEMES:
+        register_scheme(prefix, handler)
+
+
+_register_object_stores()

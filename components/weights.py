@@ -95,13 +95,22 @@ def read_state_dict(model_dir: Path) -> tuple[dict[str, torch.Tensor], Path]:
     raise FileNotFoundError(f"{model_dir}: no model.safetensors or pytorch_model.bin")
 
 
-def load_model(cls, model_dir, config: ModelConfig | None = None, report: list[str] | None = None):
+def load_model(cls, model_dir, config: ModelConfig | None = None, report: list[str] | None = None,
+               device=None, dtype=None):
+    """The model of a directory on `device` (None: the CPU) in `dtype` (None: float32); see
+    components.devices for the accepted values."""
+    from components.devices import as_device, as_dtype
+    device, dtype = as_device(device), as_dtype(dtype)   # checked before any file is read
+    from components.locations import is_uri, resolve_model
+    if is_uri(model_dir):          # a bucket (or a registered scheme): a cached local copy
+        model_dir = resolve_model(model_dir)
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise FileNotFoundError(f"model directory '{model_dir}' does not exist")
     config = config or ModelConfig.load(model_dir)
     raw, path = read_state_dict(model_dir)
-    model = cls(config)
+    with torch.device("cpu"):          # built and filled on the CPU whatever torch's default device
+        model = cls(config)
     expected = model.state_dict()
     loaded: dict[str, torch.Tensor] = {}
     for name, tensor in raw.items():
@@ -132,7 +141,7 @@ def load_model(cls, model_dir, config: ModelConfig | None = None, report: list[s
     state = dict(expected)
     state.update(loaded)
     model.load_state_dict(state, strict=True)
-    return model
+    return model.to(device=device, dtype=dtype)
 
 
 def model_fingerprint(model_dir: str | Path) -> str:

@@ -49,9 +49,18 @@ class DataReport:
 
 # --- files -------------------------------------------------------------------------------------
 def check_files(paths: list[str]) -> list[str]:
-    """Absolute paths of readable data files of a known format (a clear error otherwise)."""
+    """Absolute paths of readable data files of a known format (a clear error otherwise). An
+    object-store URI (s3://bucket/file.jsonl, a "directory" prefix or a glob) becomes the URIs of
+    the data files it names."""
+    from components import objectstore
     out = []
     for p in paths:
+        if objectstore.is_remote(p):
+            try:
+                out.extend(objectstore.list_files(p, JSONL_SUFFIXES + PARQUET_SUFFIXES))
+            except objectstore.LocationError as exc:
+                raise DataError(str(exc)) from None
+            continue
         path = Path(p).expanduser()
         if not path.is_file():
             raise DataError(f"data file '{p}' does not exist")
@@ -129,8 +138,11 @@ def read_rows(paths: list[str], task):
     """A Ray Dataset of parsed rows, each checked by the task (column "error" says why it is bad)."""
     import ray.data
 
+    # Ray Data gives an object's path without its scheme ("bucket/key"): rows name the URI.
+    names = {p.split("://", 1)[-1]: p for p in paths}
+
     def parse(row: dict) -> list[dict]:
-        out = parse_file(row["path"], row["bytes"])
+        out = parse_file(names.get(row["path"], row["path"]), row["bytes"])
         for r in out:
             if not r["error"]:
                 r["error"] = task.check_row(json.loads(r["record"])) or ""

@@ -51,10 +51,12 @@ def run_tags(tags: dict) -> dict:
     return {**tags, "mlflow.source.git.commit": commit} if commit else dict(tags)
 
 
-def use_experiment(workdir: Path, name: str) -> str:
+def use_experiment(workdir: Path, name: str, artifact_root: str | None = None) -> str:
     """Point MLflow at the workdir's store (or MLFLOW_TRACKING_URI) and return the id of experiment
     `name`, created if missing. Call it in one process before any worker or trial could race to
-    create the same experiment."""
+    create the same experiment. `artifact_root`: where a new experiment's artifacts go (a bucket
+    workdir's `s3://.../mlartifacts`; MLflow's S3 store reads the endpoint and keys from the
+    environment)."""
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     explicit = os.environ.get("MLFLOW_TRACKING_URI")
@@ -68,7 +70,7 @@ def use_experiment(workdir: Path, name: str) -> str:
         return experiment.experiment_id
     # A server names its own artifact store; a local database keeps artifacts beside it
     # (MLflow's default, ./mlruns of the current directory, is a temporary copy in a Ray job).
-    location = None if explicit else (workdir / "mlartifacts").resolve().as_uri()
+    location = artifact_root or (None if explicit else (workdir / "mlartifacts").resolve().as_uri())
     return mlflow.create_experiment(name, artifact_location=location)
 
 
@@ -118,12 +120,12 @@ def log_pyfunc_model(model_dir: Path, registered_model: str | None = None):
 
 
 class Tracker:
-    def __init__(self, recipe: Recipe, workdir: Path):
+    def __init__(self, recipe: Recipe, workdir: Path, artifact_root: str | None = None):
         self.recipe, self.enabled = recipe, recipe.tracking.enabled
         self.run_id: str | None = None
         if not self.enabled:
             return
-        self.experiment_id = use_experiment(workdir, recipe.tracking.experiment)
+        self.experiment_id = use_experiment(workdir, recipe.tracking.experiment, artifact_root)
 
     def start(self, run_name: str, resume_run_id: str | None = None, recipe_file: Path | None = None) -> None:
         if not self.enabled:

@@ -29,6 +29,7 @@ from components.config import ModelConfig
 from components.io import atomic_directory
 from pipelines import data as data_mod
 from pipelines.recipe import Recipe, dump_recipe
+from pipelines.storage import Workdir, local_output, publish_model
 from pipelines.tasks import get_task
 from pipelines.worker import MODEL_SUBDIR, train_loop
 
@@ -37,6 +38,9 @@ from pipelines.worker import MODEL_SUBDIR, train_loop
 class TrainingResult:
     model_dir: Path | None
     """The exported model directory (None when checkpoint.stop_after ended the run early)."""
+    model_location: str = ""
+    """Where the model was published: the bucket URI for an object-store workdir or --output,
+    else the directory itself."""
     metrics: dict = field(default_factory=dict)
     mlflow_run_id: str | None = None
     run_id: str = ""
@@ -94,11 +98,15 @@ def _check_cpus(need: int) -> None:
                          "or lower scaling.num_workers / scaling.cpus_per_worker")
 
 
-def _resolve_files(recipe: Recipe, workdir: Path) -> tuple[list[str], list[str]]:
+def _resolve_files(recipe: Recipe, wd: Workdir) -> tuple[list[str], list[str]]:
     cfg = recipe.data
     if cfg.source != "files":
         from pipelines.corpora import corpus_file
-        train = [str(corpus_file(cfg.source, workdir / "corpora"))]
+        path = corpus_file(cfg.source, wd.local / "corpora")
+        rel = f"corpora/{path.name}"
+        if wd.remote:                  # read by Ray Data tasks on any node: from the bucket
+            wd.push_file(rel)
+        train = [wd.location(rel)]
     else:
         train = data_mod.check_files(cfg.train)
     return train, data_mod.check_files(cfg.validation) if cfg.validation else []
@@ -183,19 +191,23 @@ def run_training(recipe: Recipe, output: str | Path | None = None, resume: bool 
 
     from pipelines.tracking import Tracker
 
-    workdir = Path(recipe.workdir).expanduser().resolve()
-    latest_file = workdir / "runs" / f"{recipe.name}.latest"
+    wd = Workdir(recipe.workdir)               # a bucket URI is checked here: one line, nothing written
+    workdir = wd.local
+    target, publish_to = local_output(output, wd, "-")      # checks an --output URI early
     if resume:
-        if not latest_file.is_file():
-            raise FileNotFoundError(f"nothing to resume: no earlier run named '{recipe.name}' in {workdir}")
-        run_id = latest_file.read_text().strip()
+        latest = wd.read_text(f"runs/{recipe.name}.latest")
+        if latest is None:
+            raise FileNotFoundError(f"nothing to resume: no earlier run named '{recipe.name}' in {wd}")
+        run_id = latest.strip()
     else:
         run_id = f"{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     run_dir = workdir / "runs" / run_id
-    train_files, val_files = _resolve_files(recipe, workdir)    # before Ray: bad paths fail fast
+    train_files, val_files = _resolve_files(recipe, wd)    # before Ray: bad paths fail fast
     written, recipe = recipe, _local_init_from(recipe, workdir)   # MLflow and recipe.yaml keep the URI
+    worker_recipe = _worker_recipe(recipe, written)
 
-    tracker = Tracker(written, workdir)         # creates the DB and experiment before any worker
+    wd.pull_file("mlflow.db")                  # a bucket workdir keeps MLflow's store there too
+    tracker = Tracker(written, workdir, artifact_root=wd.artifact_root())   # DB and experiment first
     # Logical CPUs beyond the Train workers' own: Ray Data's tokenization tasks need one, or the
     # workers wait forever for their data.
     need = int(recipe.scaling.num_workers * recipe.scaling.cpus_per_worker + 0.999) + 1
@@ -203,18 +215,19 @@ def run_training(recipe: Recipe, output: str | Path | None = None, resume: bool 
     _check_cpus(need)
     task = get_task(recipe.task.name)(recipe.task.options)
     run_dir.mkdir(parents=True, exist_ok=True)
-    latest_file.write_text(run_id)
+    wd.write_text(f"runs/{recipe.name}.latest", run_id)
     dump_recipe(written, run_dir / "recipe.yaml")
-    state_path = run_dir / "state.json"
-    previous = json.loads(state_path.read_text()) if (resume and state_path.is_file()) else {}
+    wd.push_file(f"runs/{run_id}/recipe.yaml")
+    state = wd.read_text(f"runs/{run_id}/state.json") if resume else None
+    previous = json.loads(state) if state else {}
     tracker.start(run_id, resume_run_id=previous.get("mlflow_run_id"), recipe_file=run_dir / "recipe.yaml")
-    state_path.write_text(json.dumps({"mlflow_run_id": tracker.run_id}))
+    wd.write_text(f"runs/{run_id}/state.json", json.dumps({"mlflow_run_id": tracker.run_id}))
     history: list[dict] = []
     try:
         train_ds, val_ds, report = data_mod.load_splits(recipe, task, train_files, val_files)
         task.prepare(train_ds)
         vocab_text = _vocabulary(recipe, train_ds, task)
-        (run_dir / "vocab.txt").write_text(vocab_text, encoding="utf-8")
+        wd.write_text(f"runs/{run_id}/vocab.txt", vocab_text)
         vocab_tokens = vocab_text.splitlines()
         model_cfg = _model_config(recipe, len(vocab_tokens), task,
                                   sep_id=vocab_tokens.index("[SEP]") if "[SEP]" in vocab_tokens else None)
@@ -235,7 +248,7 @@ def run_training(recipe: Recipe, output: str | Path | None = None, resume: bool 
         if report.validation:
             datasets["validation"] = data_mod.tokenize(val_ds, task, vocab_text, recipe.model.lowercase, max_len)
         queue = Queue(maxsize=10_000)
-        loop_config = {"recipe": recipe, "task": task, "model_config": dataclasses.asdict(model_cfg),
+        loop_config = {"recipe": worker_recipe, "task": task, "model_config": dataclasses.asdict(model_cfg),
                        "vocab_text": vocab_text, "steps_per_epoch": steps_per_epoch, "total_steps": total,
                        "progress": queue, "metadata": {"run_id": run_id, "labels": task.meta.get("labels")},
                        "has_validation": "validation" in datasets, "should_stop": should_stop}
@@ -248,7 +261,7 @@ def run_training(recipe: Recipe, output: str | Path | None = None, resume: bool 
             scaling_config=ray.train.ScalingConfig(num_workers=world, use_gpu=s.use_gpu,
                                                    resources_per_worker={"CPU": s.cpus_per_worker}),
             run_config=ray.train.RunConfig(
-                name=run_id, storage_path=str(workdir / "ray"),
+                name=run_id, storage_path=wd.ray_storage(),
                 failure_config=ray.train.FailureConfig(max_failures=recipe.checkpoint.max_failures),
                 checkpoint_config=ray.train.CheckpointConfig(num_to_keep=recipe.checkpoint.keep)))
 
@@ -287,7 +300,7 @@ def run_training(recipe: Recipe, output: str | Path | None = None, resume: bool 
             tracker.finish_stopped()
             return TrainingResult(model_dir=None, metrics=metrics, mlflow_run_id=tracker.run_id,
                                   run_id=run_id, data_report=report, history=history)
-        target = Path(output) if output else run_dir / "model"
+        target, publish_to = local_output(output, wd, run_id)
         with result.checkpoint.as_directory() as d, atomic_directory(target) as tmp:
             src = Path(d) / MODEL_SUBDIR
             if not src.is_dir():
@@ -298,14 +311,25 @@ def run_training(recipe: Recipe, output: str | Path | None = None, resume: bool 
             extra, files = task.export_report(target, rows)
             metrics.update(extra)
             tracker.log_text_artifacts(files, extra)
-        from pipelines.model_card import write_model_card
-        write_model_card(target, written, metrics, report, run_id=run_id, mlflow_run_id=tracker.run_id)
+        if publish_to:
+            publish_model(target, publish_to)
         tracker.finish_success(target, metrics, report)
     except BaseException as exc:
         tracker.finish_failed(exc)
         raise
-    return TrainingResult(model_dir=target, metrics=metrics, mlflow_run_id=tracker.run_id, run_id=run_id,
-                          data_report=report, history=history)
+    finally:
+        wd.push_file("mlflow.db")
+    return TrainingResult(model_dir=target, model_location=publish_to or str(target), metrics=metrics,
+                          mlflow_run_id=tracker.run_id, run_id=run_id, data_report=report, history=history)
+
+
+def _worker_recipe(local: Recipe, written: Recipe) -> Recipe:
+    """The recipe the workers get: a bucket init_from stays a URI, which each worker resolves into
+    its own node's cache (the driver's local copy is on another disk)."""
+    from components import objectstore
+    if written.model.init_from and objectstore.is_remote(written.model.init_from):
+        return dataclasses.replace(local, model=dataclasses.replace(local.model, init_from=written.model.init_from))
+    return local
 
 
 class _Progress:

@@ -13,6 +13,7 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
+from components import objectstore
 from serving.model_store import MLFLOW_SCHEMES, resolve_model
 
 BUILDER = "serving.app:build_app"
@@ -67,11 +68,26 @@ def check_app_args(args: dict) -> dict:
                 out[key] = str(resolve_model(value).resolve())
             except (FileNotFoundError, ValueError) as exc:
                 raise InputError(f"{key.replace('_', '-')}: {exc}") from None
+        elif value and objectstore.is_remote(value) and not str(value).startswith(MLFLOW_SCHEMES):
+            _check_bucket_model(key, value)
     if typed.index:
         if not typed.model:
             raise InputError("an index needs the model that built it: give --model as well")
         out["index"] = _check_index(typed.index, out["model"])
     return out
+
+
+def _check_bucket_model(key: str, uri: str) -> None:
+    """A bucket model is checked here (scheme, bucket, credentials, config.json: listing only);
+    the replicas download it into their node's cache."""
+    from components import locations
+    if not any(uri.startswith(p) for p in locations.registered_schemes()):
+        raise InputError(f"{key.replace('_', '-')}: model '{uri}': unknown scheme "
+                         f"(use a directory, models:/, runs:/ or one of {', '.join(objectstore.SCHEMES)})")
+    try:
+        objectstore.pin_model(uri)
+    except objectstore.LocationError as exc:
+        raise InputError(f"{key.replace('_', '-')}: {exc}") from None
 
 
 def _check_index(index: str, model: str) -> str:

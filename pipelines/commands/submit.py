@@ -7,9 +7,10 @@ training recipe on a Ray cluster through Ray Jobs.
 - The runtime_env comes from `--runtime-env` (default `cluster/runtime_env.yaml`): its working_dir
   (this repository) is uploaded, pip packages are installed, environment variables set.
 - `--storage` becomes the recipe's workdir on the cluster: Ray Train checkpoints, exported models,
-  run state and, unless an MLflow server is given, the MLflow database go there. It must be a path
-  that every node of the cluster mounts (NFS, EFS, Filestore, a PVC), and is required unless the
-  cluster runs on this machine (then the recipe's own workdir is used, resolved here).
+  run state and, unless an MLflow server is given, the MLflow database go there. It is a bucket URI
+  (s3://bucket/prefix, gs://..., read with each node's own credentials) or a path that every node
+  of the cluster mounts (NFS, EFS, Filestore, a PVC), and is required unless the cluster runs on
+  this machine (then the recipe's own workdir is used, resolved here).
 - `--follow` streams the job's logs and exits with its result: 0 when it SUCCEEDED, the driver's
   exit code when it FAILED (2 for a recipe or data error, as `bert4ray train`), 3 when STOPPED.
 """
@@ -23,6 +24,8 @@ import sys
 import time
 from pathlib import Path
 from urllib.parse import urlparse
+
+from components import objectstore
 
 HELP = "submit a training recipe to a Ray cluster through Ray Jobs (with --follow: stream logs, exit with its result)"
 RECIPE_ENV = "BERT4RAY_RECIPE_YAML"
@@ -41,8 +44,8 @@ def add_arguments(parser) -> None:
                         help="override a recipe value (repeatable)")
     parser.add_argument("--overlay", action="append", default=[], metavar="FILE",
                         help="recipe YAML merged over the recipe, e.g. cluster/deepspeed/zero2-gpu.yaml (repeatable)")
-    parser.add_argument("--storage", help="workdir on the cluster: an absolute path every node mounts; "
-                                          "required unless the cluster runs on this machine")
+    parser.add_argument("--storage", help="workdir on the cluster: s3://bucket/prefix (gs://, abfs://) or an "
+                                          "absolute path every node mounts; required unless the cluster runs on this machine")
     parser.add_argument("--runtime-env", default=None,
                         help=f"runtime_env YAML (default: {DEFAULT_RUNTIME_ENV} when present)")
     parser.add_argument("--mlflow-uri", default=None,
@@ -76,10 +79,11 @@ def check_storage(storage: str | None, local: bool, recipe_workdir: str) -> str:
                              "node mounts (NFS, EFS, Filestore, a Kubernetes volume)")
         return str(Path(recipe_workdir).expanduser().resolve())
     scheme = urlparse(storage).scheme
-    if scheme in ("s3", "gs", "gcs", "abfs", "az", "hdfs"):
-        # pipelines/train.py keeps its workdir (run state, export, Ray Train storage) on a file system.
-        raise ValueError(f"--storage '{storage}': object-store URIs are not supported yet; mount the bucket "
-                         "on every node (s3fs, mountpoint-s3, gcsfuse) and give the mount path")
+    if objectstore.is_remote(storage):
+        # A bucket: checked from here (scheme, bucket, credentials in this environment); the
+        # cluster's nodes read and write it with the credentials of their own environment.
+        objectstore.check_location(storage)
+        return storage.rstrip("/")
     if scheme == "file":
         storage = urlparse(storage).path
     elif scheme and len(scheme) > 1:             # one letter: a Windows drive, not a scheme
@@ -147,7 +151,7 @@ def build_submission(args, local: bool) -> tuple[str, dict, object]:
     if uri:
         env_vars["MLFLOW_TRACKING_URI"] = uri
     runtime_env["env_vars"] = env_vars
-    if local:                                   # everything checked: the job's workdir may exist now
+    if local and not objectstore.is_remote(workdir):   # everything checked: the workdir may exist now
         Path(workdir).mkdir(parents=True, exist_ok=True)
     entrypoint = ENTRYPOINT + (" --resume" if args.resume else "")
     return entrypoint, runtime_env, recipe
@@ -186,6 +190,9 @@ def _check_data_paths(recipe, runtime_env: dict, local: bool) -> None:
     if recipe.data.source != "files":
         return
     for path in [*recipe.data.train, *recipe.data.validation]:
+        if objectstore.is_remote(path):
+            objectstore.list_files(path)
+            continue
         p = Path(path)
         if p.is_absolute():
             if local and not p.exists():
@@ -275,6 +282,8 @@ def exit_code(status: str, driver_exit_code: int | None) -> int:
 
 def run(args) -> int:
     load_submitted_recipe(args)          # a broken recipe fails here, before any connection
+    if args.storage and objectstore.is_remote(args.storage):
+        check_storage(args.storage, False, "")          # so does a bucket that cannot be used
     client = connect(args.address)
     local = cluster_is_local(args.address)
     entrypoint, runtime_env, recipe = build_submission(args, local)

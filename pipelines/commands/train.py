@@ -33,5 +33,5 @@ def run(args) -> int:
         print(f"data: {result.data_report.summary()}")
     if result.mlflow_run_id:
         print(f"mlflow run: {result.mlflow_run_id}")
-    print(result.model_dir if result.model_dir else f"stopped at step {int(result.metrics.get('step', 0))}; continue with --resume")
+    print((result.model_location or result.model_dir) if result.model_dir else f"stopped at step {int(result.metrics.get('step', 0))}; continue with --resume")
     return 0

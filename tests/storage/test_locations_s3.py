@@ -1,0 +1,126 @@
+"""Object-store locations against a real S3 server (moto on loopback): listing and globs, models
+loaded from a bucket through the download cache, and bad input as one line, exit code 2, nothing
+written, for train, submit and serve."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from tests.storage.s3server import S3Server, environ
+
+pytestmark = pytest.mark.timeout(300)
+BUCKET = "bert4ray-loc"
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    with S3Server(log_dir=tmp_path_factory.mktemp("moto")) as server:
+        server.create_bucket(BUCKET)
+        server.put(BUCKET, "data/a.jsonl", b'{"text": "a"}\n')
+        server.put(BUCKET, "data/sub/b.jsonl", b'{"text": "b"}\n')
+        server.put(BUCKET, "data/notes.txt", b"x")
+        server.put(BUCKET, "notamodel/weights.bin", b"x")
+        with environ(server.env()):
+            yield server
+
+
+def test_list_files_reads_objects_prefixes_and_globs(s3):
+    from components import objectstore
+    root = f"s3://{BUCKET}/data"
+    assert objectstore.list_files(f"{root}/a.jsonl") == [f"{root}/a.jsonl"]
+    assert objectstore.list_files(root, (".jsonl",)) == [f"{root}/a.jsonl", f"{root}/sub/b.jsonl"]
+    assert objectstore.list_files(f"{root}/*.jsonl") == [f"{root}/a.jsonl"]
+    with pytest.raises(objectstore.LocationError, match="matches no file"):
+        objectstore.list_files(f"{root}/*.parquet")
+
+
+def test_model_round_trip_through_the_bucket_and_the_cache(s3, tiny_model_dir, tmp_path, monkeypatch):
+    from components import objectstore
+    from components.model import Transformer
+    from components.weights import model_fingerprint
+    monkeypatch.setenv("BERT4RAY_MODEL_CACHE", str(tmp_path / "cache"))
+    local = tiny_model_dir()
+    uri = f"s3://{BUCKET}/models/m1"
+    objectstore.upload_dir(local, uri, fingerprint=model_fingerprint(local))
+    keys = s3.keys(BUCKET, "models/m1/")
+    assert "models/m1/config.json" in keys and f"models/m1/{objectstore.MARKER}" in keys
+    assert objectstore.pin_model(uri) == f"{uri}#{model_fingerprint(local)}"
+    loaded = Transformer.from_pretrained(uri)
+    reference = Transformer.from_pretrained(local)
+    for (name, a), (_, b) in zip(loaded.state_dict().items(), reference.state_dict().items()):
+        assert torch.equal(a, b), name
+    entries = [p for p in (tmp_path / "cache").iterdir() if not p.name.startswith(".")]
+    assert len(entries) == 1 and not list((tmp_path / "cache").glob(".*tmp*"))
+    Transformer.from_pretrained(uri)                  # served from the cache: still one entry
+    assert len([p for p in (tmp_path / "cache").iterdir() if not p.name.startswith(".")]) == 1
+
+
+def _cli(args, env, capsys, cwd=None, monkeypatch=None):
+    """`bert4ray ARGS` in this process (the checks run before Ray; a subprocess would spend its
+    time importing): (exit code, stderr)."""
+    from pipelines.cli import main
+    with environ(env):
+        if cwd is not None:
+            monkeypatch.chdir(cwd)
+        capsys.readouterr()
+        code = main(args)
+    return code, capsys.readouterr().err
+
+
+def _train_args(tmp_path, workdir, data):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(json.dumps({"name": "bad", "workdir": workdir, "data": {"train": [data]}}))
+    return ["train", str(recipe), "--quiet"]
+
+
+@pytest.mark.parametrize("case", ["scheme", "bucket", "data"])
+def test_train_bad_locations_fail_in_one_line(s3, tmp_path, case, capsys, monkeypatch):
+    good_data = f"s3://{BUCKET}/data/a.jsonl"
+    workdir, data, expected = {
+        "scheme": ("nosuch://bucket/runs", good_data, "unknown scheme"),
+        "bucket": ("s3://no-such-bucket-x/runs", good_data, "bucket 'no-such-bucket-x' does not exist"),
+        "data": (f"s3://{BUCKET}/runs", f"s3://{BUCKET}/data/*.parquet", "matches no file"),
+    }[case]
+    before = s3.keys(BUCKET)
+    code, err = _cli(_train_args(tmp_path, workdir, data), s3.env(), capsys, tmp_path, monkeypatch)
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0], err
+    assert (workdir.split("/runs")[0] in lines[0]) or (data in lines[0])      # names the location
+    assert s3.keys(BUCKET) == before                                          # nothing written
+    assert not any(p.name != "r.yaml" for p in tmp_path.iterdir())
+
+
+def test_submit_refuses_a_missing_bucket(s3, capsys):
+    code, err = _cli(["submit", "pipelines/recipes/mlm-tiny.yaml", "--address", "http://10.0.0.9:8265",
+                      "--storage", "s3://no-such-bucket-y/p"], s3.env(), capsys)
+    assert code == 2, err
+    assert err.strip().count("\n") == 0 and "bucket 'no-such-bucket-y' does not exist" in err
+
+
+def test_serve_refuses_a_bucket_prefix_without_config(s3, capsys):
+    from serving.__main__ import main
+    capsys.readouterr()
+    assert main(["--model", f"s3://{BUCKET}/notamodel"]) == 2
+    line = capsys.readouterr().err.strip()
+    assert "\n" not in line and "notamodel" in line and "config.json" in line, line
+
+
+def test_wrong_credentials_are_refused_by_the_server(tmp_path, capsys, monkeypatch):
+    with S3Server(auth=True, log_dir=tmp_path) as server:
+        server.create_bucket(BUCKET)
+        server.create_user_key()
+        from components import objectstore
+        with environ(server.env()):
+            objectstore.write_bytes(f"s3://{BUCKET}/ok", b"1")          # the real key works
+        wrong = server.env(secret="not-the-secret")
+        code, err = _cli(_train_args(tmp_path, f"s3://{BUCKET}/runs", f"s3://{BUCKET}/ok"), wrong, capsys,
+                         tmp_path, monkeypatch)
+        assert code == 2, err
+        line = err.strip()
+        assert "\n" not in line and "access denied" in line and f"s3://{BUCKET}/runs" in line, line
+        assert "not-the-secret" not in err
+        assert server.keys(BUCKET) == ["ok"]
