@@ -175,6 +175,17 @@ class Transformer(nn.Module):
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
 
+    # --- placement ----------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        """Where the weights are: every inference path builds its tensors here."""
+        return self.embeddings.word_embeddings.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The weights' floating-point type (float32, or bfloat16 / float16 for inference)."""
+        return self.embeddings.word_embeddings.weight.dtype
+
     # --- heads ------------------------------------------------------------------------------
     def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """(..., H) -> (..., V): the tied MLM/LM head."""
@@ -284,12 +295,14 @@ class Transformer(nn.Module):
     # --- model directory --------------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, model_dir: str | Path, config: ModelConfig | None = None,
-                        report: list[str] | None = None) -> Transformer:
+                        report: list[str] | None = None, device: str | torch.device | None = None,
+                        dtype: str | torch.dtype | None = None) -> Transformer:
         """Load any Hugging Face BERT-format directory (safetensors or pytorch_model.bin).
         Heads absent from the checkpoint are newly initialised and their names appended to
-        `report` (and logged)."""
+        `report` (and logged). `device` (default the CPU, whatever torch's default device) and
+        `dtype` (default float32; "bfloat16" / "float16" for inference) place the weights."""
         from components.weights import load_model
-        return load_model(cls, model_dir, config=config, report=report)
+        return load_model(cls, model_dir, config=config, report=report, device=device, dtype=dtype)
 
     def save_pretrained(self, model_dir: str | Path, metadata: dict | None = None,
                         lowercase: bool | None = None) -> None:
