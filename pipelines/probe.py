@@ -159,6 +159,8 @@ def _schema(stage: str, matrices: bool):
     fields = [("id", pa.string()), ("record", pa.string())]
     if stage == "chars":
         fields += [("chars", pa.list_(pa.string())), ("scores", pa.list_(pa.float64()))]
+        if matrices:
+            fields.append(("layer_scores", pa.list_(pa.float64())))
     else:
         fields += [("text", pa.string()), ("words", pa.list_(pa.string())), ("tokens", pa.list_(pa.string())),
                    ("heads", pa.list_(pa.int32())), ("tree", pa.string()), ("note", pa.string())]
@@ -189,10 +191,23 @@ class ProbeWorker:
         records = batch["record"].to_pylist()
         recs = [json.loads(r) for r in records]
         if self.stage == "chars":
-            scored = self.prober.char_scores([r["text"] for r in recs])
-            return pa.table({"id": ids, "record": records, "chars": [c for c, _ in scored],
-                             "scores": [s.tolist() for _, s in scored]}, schema=_schema("chars", False))
+            return self._chars(ids, records, recs)
         return pa.Table.from_pylist(self._parse(ids, records, recs, batch), schema=_schema("parse", self.matrices))
+
+    def _chars(self, ids, records, recs):
+        """Boundary scores at probe.layer; with every layer (eval.layers: all) also all of them,
+        flattened (L x gaps), from the same forward passes."""
+        import pyarrow as pa
+        scored = self.prober.char_scores([r["text"] for r in recs], all_layers=self.all_layers)
+        cols = {"id": ids, "record": records, "chars": [c for c, _ in scored]}
+        if not self.all_layers:
+            cols["scores"] = [s.tolist() for _, s in scored]
+            return pa.table(cols, schema=_schema("chars", False))
+        L = self.prober.model.config.num_hidden_layers
+        li = self.p.layer - 1 if self.p.layer > 0 else L + self.p.layer
+        cols["scores"] = [s[li].tolist() for _, s in scored]
+        cols["layer_scores"] = [s.ravel().tolist() for _, s in scored]
+        return pa.table(cols, schema=_schema("chars", True))
 
     def _parse(self, ids, records, recs, batch) -> list[dict]:
         from components.probing.constituency import to_brackets
@@ -225,7 +240,7 @@ class ProbeWorker:
             todo.append(k)
             units.append(toks)
             roots.append(root)
-        if self.all_layers:
+        if self.all_layers and dep:
             # Every layer's matrix from one set of forward passes; the driver decodes and scores them.
             from components.probing.impact import impact_matrices
             opts = dataclasses.replace(self.prober.options, layer="all", pairs="all")
@@ -256,7 +271,7 @@ def _map(ds, recipe: ProbeRecipe, stage: str, threshold: float | None = None):
     from ray.data import ActorPoolStrategy
     c = recipe.compute
     args = (str(Path(recipe.model.path).resolve()), dataclasses.asdict(recipe.probe), stage, threshold,
-            c.threads, recipe.output.matrices, recipe.eval.layers == "all" and "dependency" in recipe.probe.tasks)
+            c.threads, recipe.output.matrices, recipe.eval.layers == "all")
     return ds.map_batches(ProbeWorker, fn_constructor_args=args, batch_size=c.batch_size, batch_format="pyarrow",
                           compute=ActorPoolStrategy(min_size=1, max_size=c.actors), num_cpus=c.cpus_per_actor)
 

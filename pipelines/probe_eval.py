@@ -31,18 +31,23 @@ def evaluate_outputs(recipe, scored, parsed, threshold: float | None) -> dict:
     report: dict[str, Any] = {"gold": False, "metrics": metrics, "table": []}
     p, e = recipe.probe, recipe.eval
     if "segment" in p.tasks:
-        units, scores, gold = [], [], []
-        for row in scored.select_columns(["record", "chars", "scores"]).iter_rows():
+        every = e.layers == "all"
+        units, scores, gold, layered = [], [], [], []
+        for row in scored.select_columns(["record", "chars", "scores"] + (["layer_scores"] if every else [])).iter_rows():
             rec = json.loads(row["record"])
             if "gold_words" in rec:
                 units.append(list(row["chars"]))
                 scores.append(np.asarray(row["scores"], dtype=np.float64))
                 gold.append(rec["gold_words"])
+                if every:
+                    layered.append(np.asarray(row["layer_scores"], dtype=np.float64).reshape(-1, len(scores[-1])))
         if gold:
             report["gold"] = True
+            words = _train_words(e.train_words)
             report["segmentation"] = seg = segmentation_report(
-                units, scores, gold, threshold, train_words=_train_words(e.train_words),
-                pmi=_pmi(recipe), seeds=e.seeds)
+                units, scores, gold, threshold, train_words=words, pmi=_pmi(recipe), seeds=e.seeds)
+            if layered:
+                seg["layers"] = segmentation_layers(units, layered, gold, words, seg)
             metrics.update({f"seg_{k}": v for k, v in seg["flat"].items()})
             report["table"] += seg["table"]
     if e.layers == "all" and "dependency" in p.tasks:
@@ -225,6 +230,19 @@ def segmentation_report(units: list[list[str]], scores: list, gold: list[list[st
         flat.update({"oov_recall": out["chosen"]["oov_recall"], "iv_recall": out["chosen"]["iv_recall"],
                      "oov_rate": out["chosen"]["oov_rate"]})
     out["flat"], out["table"] = flat, table
+    return out
+
+
+def segmentation_layers(units, layered: list[np.ndarray], gold, train_words, seg: dict) -> dict:
+    """Every layer's segmentation at its own Otsu threshold and at its oracle: analysis rows added to
+    seg's table and flat metrics (the headline stays probe.layer's, chosen before looking at gold)."""
+    out = {}
+    for li in range(layered[0].shape[0]):
+        rows = _threshold_rows(f"layer {li + 1}", units, [x[li] for x in layered], gold, train_words, None)
+        out[li + 1] = {"otsu": rows["chosen"], "oracle": rows["oracle"]}
+        seg["table"] += [(f"  layer {li + 1}, Otsu threshold", {**rows["chosen"], "layer": li + 1}),
+                         (f"  layer {li + 1}, oracle threshold", {**rows["oracle"], "layer": li + 1})]
+        seg["flat"].update({f"layer{li + 1}_f1": rows["chosen"]["f1"], f"layer{li + 1}_oracle_f1": rows["oracle"]["f1"]})
     return out
 
 

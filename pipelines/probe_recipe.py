@@ -110,9 +110,10 @@ class ProbeEvalSection:
     seeds: int = 5
     """Random baselines (boundaries at the predicted rate, projective trees): mean over this many seeds."""
     layers: str = "one"
-    """`one`: probe.layer only. `all`: dependency trees from every layer's impact matrix with each
-    of `decoders`; the layer is chosen by UAS on the first `select_rows` sentences and the headline
-    is scored on the others."""
+    """`one`: probe.layer only. `all`: every layer from the same forward passes. Dependencies: trees
+    from every layer's impact matrix with each of `decoders`; the layer is chosen by UAS on the first
+    `select_rows` sentences and the headline is scored on the others. Segmentation: every layer's F1
+    at its own Otsu threshold and at its oracle, as analysis rows beside probe.layer's headline."""
     decoders: list[str] = field(default_factory=lambda: ["eisner", "chu_liu_edmonds"])
     """Dependency decoders scored with layers: all."""
     select_rows: int = 100

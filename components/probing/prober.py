@@ -41,11 +41,12 @@ class Prober:
         self.max_tokens = min(tokenizer.max_length, model.config.max_position_embeddings)
 
     @classmethod
-    def from_pretrained(cls, model_dir: str | Path, **options) -> Prober:
+    def from_pretrained(cls, model_dir: str | Path, device=None, dtype=None, **options) -> Prober:
+        """`device` / `dtype` as for Transformer.from_pretrained; `options`: ImpactOptions' fields."""
         from components.model import Transformer
         from components.tokenizer import Tokenizer
-        return cls(Transformer.from_pretrained(model_dir), Tokenizer.from_pretrained(model_dir),
-                   ImpactOptions(**options))
+        return cls(Transformer.from_pretrained(model_dir, device=device, dtype=dtype),
+                   Tokenizer.from_pretrained(model_dir), ImpactOptions(**options))
 
     # --- segmentation ------------------------------------------------------------------------
     def pieces(self, text: str) -> list[str]:
@@ -53,22 +54,26 @@ class Prober:
         words, and long texts are cut after clause punctuation."""
         return [p for chunk in text.split() for p in split_pieces(chunk, self.max_tokens - 2)]
 
-    def char_scores(self, texts: list[str]) -> list[tuple[list[str], np.ndarray]]:
+    def char_scores(self, texts: list[str], all_layers: bool = False) -> list[tuple[list[str], np.ndarray]]:
         """(characters, boundary scores) per text; -inf where a boundary is forced (whitespace, or a
-        cut between two pieces). Only adjacent pairs are computed: 2n - 1 masked copies."""
+        cut between two pieces). Only adjacent pairs are computed: 2n - 1 masked copies. With
+        all_layers the scores of every layer come from the same forward passes: (L, n - 1) arrays."""
         pieces = [self.pieces(t) for t in texts]
         flat = [list(p) for ps in pieces for p in ps]
-        mats = impact_matrices(self.model, self.tokenizer, flat, replace(self.options, pairs="adjacent"))
+        opts = replace(self.options, pairs="adjacent", layer="all" if all_layers else self.options.layer)
+        mats = impact_matrices(self.model, self.tokenizer, flat, opts)
+        mats = [F if all_layers else F[None] for F in mats]                      # (L, n, n) each
         out, k = [], 0
         for ps in pieces:
             chars, scores = [], []
             for p in ps:
                 if chars:
-                    scores.append(-np.inf)
+                    scores.append(np.full(len(mats[k]), -np.inf))
                 chars += list(p)
-                scores += list(boundary_scores(mats[k]))
+                scores += list(np.stack([boundary_scores(F) for F in mats[k]], axis=1))   # (n-1, L) rows
                 k += 1
-            out.append((chars, np.asarray(scores, dtype=np.float64)))
+            arr = np.asarray(scores, dtype=np.float64).reshape(-1, len(mats[k - 1]) if mats else 1).T
+            out.append((chars, arr if all_layers else arr[0]))
         return out
 
     # --- parsing -----------------------------------------------------------------------------

@@ -134,3 +134,17 @@ def test_conllu_readers_skip_ranges_and_empty_nodes():
     assert len(pud) == 1000 and len(gsd) == 500
     assert sum(len(s.words) for s in pud) == 21180          # the lines whose id is an integer
     assert all(s.heads.count(0) == 1 for s in gsd[:200])
+
+
+def test_char_scores_of_every_layer_match_one_layer_at_a_time(make_model, tokenizer):
+    from components.probing import ImpactOptions
+    from components.probing.prober import Prober
+    model = make_model(seed=1)
+    texts = ["我们在北京，大学生活", "他来了"]
+    every = Prober(model, tokenizer, ImpactOptions(layer=-1)).char_scores(texts, all_layers=True)
+    for layer in (1, 2):
+        one = Prober(model, tokenizer, ImpactOptions(layer=layer)).char_scores(texts)
+        for (chars_a, a), (chars_b, b) in zip(every, one):
+            assert chars_a == chars_b and a.shape == (2, len(chars_a) - 1)
+            np.testing.assert_allclose(a[layer - 1], b, rtol=1e-5, atol=1e-6)
+    assert np.isneginf(every[0][1][:, 5]).all()             # the forced cut after "，"

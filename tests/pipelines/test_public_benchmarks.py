@@ -63,6 +63,9 @@ def test_sighan_recipe_scores_method_and_baselines(ray_session, tiny_mlm, tmp_pa
     assert m["seg_oracle_f1"] >= m["seg_f1"] - 1e-12 and m["seg_pmi_oracle_f1"] >= m["seg_pmi_f1"] - 1e-12
     # The PMI segmenter from People's Daily is a real baseline: far above every character a word.
     assert m["seg_pmi_f1"] > m["seg_single_char_f1"] + 0.2
+    # eval.layers: all adds every layer's rows from the same passes; the last layer's is the headline.
+    assert m["seg_layer2_f1"] == pytest.approx(m["seg_f1"]) and 0.0 <= m["seg_layer1_oracle_f1"] <= 1.0
+    assert "  layer 1, Otsu threshold" in names
     # The single-character row equals the scorer run directly on the same gold lines.
     ids = {int(r["id"].rsplit("#", 1)[1]) for r in result_rows(result.output_dir)}
     rows = align_raw_gold(read_raw(Path(raw).read_text("utf-8")), read_gold(Path(gold).read_text("utf-8")))
