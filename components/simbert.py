@@ -26,23 +26,28 @@ class SimBERT:
         self.max_length = min(max_length, model.config.max_position_embeddings)
 
     @classmethod
-    def from_pretrained(cls, model_dir: str | Path, max_length: int = 64) -> SimBERT:
-        return cls(Transformer.from_pretrained(model_dir), Tokenizer.from_pretrained(model_dir), max_length)
+    def from_pretrained(cls, model_dir: str | Path, max_length: int = 64, device=None, dtype=None) -> SimBERT:
+        """`device` / `dtype`: where and in which type the weights live (Transformer.from_pretrained)."""
+        return cls(Transformer.from_pretrained(model_dir, device=device, dtype=dtype),
+                   Tokenizer.from_pretrained(model_dir), max_length)
 
     @torch.no_grad()
     def encode(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
         """Texts -> (N, H) float32 L2-normalised pooled [CLS] vectors. The source of a UniLM pair
-        sees only itself, so a sentence alone gives the same vector as in training pairs."""
+        sees only itself, so a sentence alone gives the same vector as in training pairs. Batches
+        are built on the model's device; the norm is taken in float32 whatever the model's dtype."""
         if isinstance(texts, str):
             raise TypeError("encode takes a list of texts")
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))   # similar lengths pad less
         out = np.zeros((len(texts), self.model.config.hidden_size), dtype=np.float32)
         for start in range(0, len(order), batch_size):
             rows = order[start:start + batch_size]
-            batch = self.tokenizer.encode_batch([texts[i] for i in rows], max_length=self.max_length)
+            batch = self.tokenizer.encode_batch([texts[i] for i in rows], max_length=self.max_length,
+                                                device=self.model.device)
             pooled = self.model(batch.input_ids, batch.segment_ids, batch.attention_mask,
                                 return_logits=False).pooled                  # (b, H)
-            out[rows] = torch.nn.functional.normalize(pooled.float(), dim=-1).numpy()
+            # to the host on purpose: the caller gets numpy (FAISS, JSON, Arrow all want host memory)
+            out[rows] = torch.nn.functional.normalize(pooled.float(), dim=-1).cpu().numpy()
         return out
 
     @torch.no_grad()
@@ -56,7 +61,7 @@ class SimBERT:
         config = dataclasses.replace(config, num_return_sequences=n)
         if config.strategy == "greedy" and n > 1:
             config = dataclasses.replace(config, strategy="sample")
-        batch = self.tokenizer.encode_batch(texts, max_length=self.max_length)
+        batch = self.tokenizer.encode_batch(texts, max_length=self.max_length, device=self.model.device)
         limit = self.model.config.max_position_embeddings - int(batch.attention_mask.sum(1).max())
         if config.max_new_tokens > limit:
             config = dataclasses.replace(config, max_new_tokens=max(1, limit))

@@ -149,25 +149,24 @@ class Tokenizer:
         return tok
 
     def encode_batch(self, texts: list[str], pairs: list[str] | None = None,
-                     max_length: int | None = None) -> Batch:
+                     max_length: int | None = None, device=None) -> Batch:
         if isinstance(texts, str):
             raise TypeError("encode_batch takes a list of texts")
         if pairs is not None and len(pairs) != len(texts):
             raise ValueError(f"{len(texts)} texts but {len(pairs)} pairs")
         rows = [self.encode(t, pairs[i] if pairs is not None else None, max_length) for i, t in enumerate(texts)]
-        return self.pad(rows)
+        return self.pad(rows, device)
 
-    def pad(self, rows: list[tuple[list[int], list[int]]]) -> Batch:
+    def pad(self, rows: list[tuple[list[int], list[int]]], device=None) -> Batch:
+        """Right-padded (B, T) tensors on `device` (None: the CPU, not torch's default device):
+        filled as lists on the host, then moved in one transfer per tensor."""
         T = max((len(ids) for ids, _ in rows), default=0)
-        B = len(rows)
-        input_ids = torch.full((B, T), self.pad_id, dtype=torch.long)
-        segment_ids = torch.zeros(B, T, dtype=torch.long)
-        mask = torch.zeros(B, T, dtype=torch.long)
-        for i, (ids, seg) in enumerate(rows):
-            input_ids[i, :len(ids)] = torch.tensor(ids, dtype=torch.long)
-            segment_ids[i, :len(seg)] = torch.tensor(seg, dtype=torch.long)
-            mask[i, :len(ids)] = 1
-        return Batch(input_ids, segment_ids, mask)
+        input_ids = [ids + [self.pad_id] * (T - len(ids)) for ids, _ in rows]
+        segment_ids = [seg + [0] * (T - len(seg)) for _, seg in rows]
+        mask = [[1] * len(ids) + [0] * (T - len(ids)) for ids, _ in rows]
+        device = device or "cpu"
+        return Batch(*(torch.tensor(x, dtype=torch.long, device=device).reshape(len(rows), T)
+                       for x in (input_ids, segment_ids, mask)))
 
     # --- decoding ---------------------------------------------------------------------------
     def convert_ids_to_tokens(self, ids) -> list[str]:

@@ -13,13 +13,15 @@ NEG_INF = float("-inf")
 
 class _Beams:
     """The W beams of every input: tokens, processed-score sums (the ranking) and the model's own
-    log-probability sums (reported as Generation.score), and the finished hypotheses."""
+    log-probability sums (reported as Generation.score), and the finished hypotheses. The sums
+    are kept on the host in float64 on purpose: choosing among 2W candidates per input is Python
+    bookkeeping, and each step moves only (inputs, 2W) candidates off the model's device."""
 
     def __init__(self, B: int, W: int, length_penalty: float):
         self.W, self.length_penalty = W, length_penalty
-        self.scores = torch.full((B, W), NEG_INF, dtype=torch.float64)
+        self.scores = torch.full((B, W), NEG_INF, dtype=torch.float64, device="cpu")
         self.scores[:, 0] = 0.0                      # all beams start equal: expand one of them
-        self.logps = torch.zeros((B, W), dtype=torch.float64)
+        self.logps = torch.zeros((B, W), dtype=torch.float64, device="cpu")
         self.tokens: list[list[list[int]]] = [[[] for _ in range(W)] for _ in range(B)]
         self.finished: list[list[Generation]] = [[] for _ in range(B)]
         self.live = list(range(B))
@@ -35,33 +37,38 @@ class _Beams:
         input's W best continuations among its 2W best candidates; returns the rows they extend
         and their tokens (inputs that are done drop out of `live`)."""
         A, W, V = len(self.live), self.W, scores.shape[-1]
-        total = self.scores[self.live].view(A, W, 1) + scores.double().view(A, W, V)
+        sums = self.scores[self.live].to(scores.device)
+        total = sums.view(A, W, 1) + scores.double().view(A, W, V)
         cand_scores, cand_idx = torch.sort(total.view(A, W * V), dim=1, descending=True, stable=True)
         cand_scores, cand_idx = cand_scores[:, :2 * W], cand_idx[:, :2 * W]
-        raw = logp.double().view(A, W * V)
+        cand_raw = logp.double().view(A, W * V).gather(1, cand_idx)
+        # to the host on purpose: three (A, 2W) tables, one transfer each per step
+        cand_scores, cand_idx, cand_raw = cand_scores.tolist(), cand_idx.tolist(), cand_raw.tolist()
         rows, tokens, still = [], [], []
         for a, b in enumerate(self.live):
-            new = self._select(b, cand_scores[a].tolist(), cand_idx[a].tolist(), raw[a], V, eos_id)
+            new = self._select(b, cand_scores[a], cand_idx[a], cand_raw[a], V, eos_id)
             if new is None:
                 continue
             still.append(b)
             rows += [a * W + w for w, _, _, _ in new]
             tokens += [tok for _, tok, _, _ in new]
             self.tokens[b] = [self.tokens[b][w] + [tok] for w, tok, _, _ in new]
-            self.scores[b] = torch.tensor([s for _, _, s, _ in new], dtype=torch.float64)
-            self.logps[b] = torch.tensor([r for _, _, _, r in new], dtype=torch.float64)
+            self.scores[b] = torch.tensor([s for _, _, s, _ in new], dtype=torch.float64, device="cpu")
+            self.logps[b] = torch.tensor([r for _, _, _, r in new], dtype=torch.float64, device="cpu")
         self.live = still
         return rows, tokens
 
-    def _select(self, b, cand_scores, cand_idx, raw, V, eos_id):
+    def _select(self, b, cand_scores, cand_idx, cand_raw, V, eos_id):
         """Input b's next beams (w, token, processed sum, raw sum), best first; EOS candidates become
-        finished hypotheses on the way. None when the input is done."""
+        finished hypotheses on the way. None when the input is done. cand_raw: each candidate's
+        own log-probability."""
         new = []
-        for s, idx in zip(cand_scores, cand_idx):
+        logps = self.logps[b].tolist()
+        for s, idx, raw in zip(cand_scores, cand_idx, cand_raw):
             if s == NEG_INF:
                 break
             w, tok = divmod(idx, V)
-            r = float(self.logps[b, w]) + float(raw[idx])
+            r = logps[w] + raw
             if tok == eos_id:
                 seq = self.tokens[b][w]
                 self.finished[b].append(Generation(list(seq), "eos", r, self.norm(s, len(seq) + 1)))
@@ -94,24 +101,25 @@ def beam_search(model, input_ids, segment_ids, attention_mask, config, eos_token
     hypothesis ranked by that sum / length ** length_penalty (its `normalized_score`; `score` is the
     model's own log-probability sum); an input is done once it has W finished hypotheses (or at
     max_new_tokens, when live beams are finished as "length")."""
-    segment_ids, attention_mask, target = prepare(model, input_ids, segment_ids, attention_mask, config,
-                                                  eos_token_id, target_segment_id, mask_mode)
+    input_ids, segment_ids, attention_mask, target = prepare(
+        model, input_ids, segment_ids, attention_mask, config, eos_token_id, target_segment_id, mask_mode)
     model.eval()
     B, W = input_ids.shape[0], config.num_beams
+    device = input_ids.device                                # prepare put it on the model's device
     stepper = Stepper(model, input_ids, segment_ids, attention_mask, mask_mode, use_cache)
     stepper.expand(W)
     beams = _Beams(B, W, config.length_penalty)
     chain = build_chain(config, eos_token_id)
-    survival = torch.zeros(B * W)
+    survival = torch.zeros(B * W, device=device)
     for t in range(1, config.max_new_tokens + 1):
-        steps = torch.full((len(beams.live) * W,), t)
+        steps = torch.full((len(beams.live) * W,), t, device=device)
         logp, new_survival = log_probs(model, stepper.logits, eos_token_id, steps, survival)
-        rows, tokens = beams.step(chain(logp, History(beams.histories(), t)), logp, eos_token_id)
+        rows, tokens = beams.step(chain(logp, History(beams.histories(), t, device=device)), logp, eos_token_id)
         if not beams.live or t == config.max_new_tokens:
             break
-        index = torch.tensor(rows)
+        index = torch.tensor(rows, device=device)
         stepper.select(index)
         survival = new_survival[index]
-        segments = target[torch.tensor(beams.live)].repeat_interleave(W)
-        stepper.advance(torch.tensor(tokens), segments)
+        segments = target[torch.tensor(beams.live, device=device)].repeat_interleave(W)
+        stepper.advance(torch.tensor(tokens, device=device), segments)
     return beams.results(config.num_return_sequences)

@@ -41,12 +41,17 @@ class _Uniforms:
 
     def __init__(self, seeds: list[int | None], n: int):
         # Without a seed, fresh entropy; never torch.seed(), which would reseed the caller's
-        # global generator (a training loop that decodes for evaluation, say).
-        self.streams = [torch.Generator().manual_seed(secrets.randbits(63) if s is None else s) for s in seeds]
+        # global generator (a training loop that decodes for evaluation, say). The generators are
+        # CPU ones on purpose, whatever the model's device: a seed then gives the same samples on
+        # a GPU as on the CPU (CUDA generators draw other numbers), at the cost of one small
+        # (rows,) host-to-device copy per step.
+        self.streams = [torch.Generator("cpu").manual_seed(secrets.randbits(63) if s is None else s)
+                        for s in seeds]
         self.n = n
 
-    def draw(self) -> torch.Tensor:
-        return torch.cat([torch.rand(self.n, generator=g) for g in self.streams])      # (inputs * n,)
+    def draw(self, device) -> torch.Tensor:
+        """(inputs * n,) uniform numbers on `device`."""
+        return torch.cat([torch.rand(self.n, generator=g, device="cpu") for g in self.streams]).to(device)
 
 
 def _pick(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
@@ -83,8 +88,8 @@ def stream_generate(model, input_ids: torch.Tensor, segment_ids: torch.Tensor | 
     gives every input its own sampling seed (None: fresh) in place of `config.seed`."""
     if config.strategy == "beam":
         raise ValueError("beam search cannot stream (beams are reordered until the end); use generate()")
-    segment_ids, attention_mask, target = prepare(model, input_ids, segment_ids, attention_mask, config,
-                                                  eos_token_id, target_segment_id, mask_mode)
+    input_ids, segment_ids, attention_mask, target = prepare(
+        model, input_ids, segment_ids, attention_mask, config, eos_token_id, target_segment_id, mask_mode)
     model.eval()
     B, n = input_ids.shape[0], config.num_return_sequences
     N = B * n
@@ -98,24 +103,28 @@ def stream_generate(model, input_ids: torch.Tensor, segment_ids: torch.Tensor | 
     chain = build_chain(config, eos_token_id)
     stepper.expand(n)
     target = target.repeat_interleave(n)
-    live = torch.arange(N)                                   # output rows still generating
+    device = input_ids.device                                # the decoding state lives by the model
+    live = torch.arange(N, device=device)                    # output rows still generating
     tokens: list[list[int]] = [[] for _ in range(N)]
-    scores = torch.zeros(N, dtype=torch.float64)
+    scores = torch.zeros(N, dtype=torch.float64, device=device)
     reasons = ["length"] * N
-    survival = torch.zeros(N)
+    survival = torch.zeros(N, device=device)
     for t in range(1, config.max_new_tokens + 1):
-        logp, new_survival = log_probs(model, stepper.logits, eos_token_id, torch.full((len(live),), t),
-                                       survival[live])
-        processed = chain(logp, History([tokens[r] for r in live.tolist()], t))
+        live_rows = live.tolist()
+        logp, new_survival = log_probs(model, stepper.logits, eos_token_id,
+                                       torch.full((len(live_rows),), t, device=device), survival[live])
+        processed = chain(logp, History([tokens[r] for r in live_rows], t, device=device))
         if config.strategy == "greedy":
             choice = processed.argmax(dim=-1)
         else:
-            choice = _sample(processed, config.top_k, uniforms.draw().to(processed.device)[live])
+            choice = _sample(processed, config.top_k, uniforms.draw(device)[live])
         scores[live] += logp.gather(1, choice[:, None]).squeeze(1).double()
         survival[live] = new_survival
         ended = choice == eos_token_id
         step_events = []
-        for r, c in zip(live.tolist(), choice.tolist()):         # plain ints: no per-row tensor ops
+        # to the host on purpose, once per step: the chosen tokens feed the Python histories, the
+        # streamed text and the stopping decision
+        for r, c in zip(live_rows, choice.tolist()):             # plain ints: no per-row tensor ops
             if c == eos_token_id:
                 reasons[r] = "eos"
             else:
@@ -129,8 +138,8 @@ def stream_generate(model, input_ids: torch.Tensor, segment_ids: torch.Tensor | 
             stepper.select(keep)
             live, choice = live[keep], choice[keep]
         stepper.advance(choice, target[live])
-    results = [Generation(tokens[r], reasons[r], float(scores[r]),
-                          float(scores[r]) / max(1, len(tokens[r]) + (reasons[r] == "eos")))
+    final = scores.tolist()                                  # one transfer for every row's score
+    results = [Generation(tokens[r], reasons[r], final[r], final[r] / max(1, len(tokens[r]) + (reasons[r] == "eos")))
                for r in range(N)]
     yield [results[i * n:(i + 1) * n] for i in range(B)]
 

@@ -39,22 +39,19 @@ from components.decoding.filters import (
 
 class History:
     """What processors may look at: each row's generated tokens (EOS excluded) and the step t
-    (1 for the first new token)."""
+    (1 for the first new token). `device`: where `ids` is built (the scores'; None: the CPU)."""
 
-    def __init__(self, tokens: list[list[int]], step: int):
-        self.tokens, self.step = tokens, step
+    def __init__(self, tokens: list[list[int]], step: int, device=None):
+        self.tokens, self.step, self.device = tokens, step, device
         self._ids: torch.Tensor | None = None
 
     @property
     def ids(self) -> torch.Tensor:
-        """(N, t) token ids, rows padded with -1 (built once, on first use)."""
+        """(N, t) token ids, rows padded with -1 (built once, on first use, in one transfer)."""
         if self._ids is None:
             width = max((len(t) for t in self.tokens), default=0)
-            ids = torch.full((len(self.tokens), width), -1, dtype=torch.long)
-            for i, t in enumerate(self.tokens):
-                if t:
-                    ids[i, :len(t)] = torch.tensor(t, dtype=torch.long)
-            self._ids = ids
+            rows = [t + [-1] * (width - len(t)) for t in self.tokens]
+            self._ids = torch.tensor(rows, dtype=torch.long, device=self.device or "cpu").reshape(len(rows), width)
         return self._ids
 
 

@@ -37,23 +37,25 @@ class Stepper:
                         return_logits=False)
             self.cache = out.cache
             last = attention_mask.sum(1) - 1                                      # last real position
-            self.logits = model.lm_logits(out.last_hidden_state[torch.arange(len(last)), last])   # (B, V)
+            rows = torch.arange(len(last), device=last.device)
+            self.logits = model.lm_logits(out.last_hidden_state[rows, last])   # (B, V)
         else:
+            # to the host on purpose: the no-cache path (a comparison baseline) keeps plain lists
             self.rows = [(ids[m.bool()].tolist(), seg[m.bool()].tolist())
                          for ids, seg, m in zip(input_ids, segment_ids, attention_mask)]
             self.logits = self._recompute()
 
     def _recompute(self) -> torch.Tensor:
         T = max(len(r[0]) for r in self.rows)
-        ids = torch.zeros(len(self.rows), T, dtype=torch.long)
-        seg = torch.zeros_like(ids)
-        mask = torch.zeros_like(ids)
-        for i, (r_ids, r_seg) in enumerate(self.rows):
-            ids[i, :len(r_ids)], seg[i, :len(r_ids)], mask[i, :len(r_ids)] = (
-                torch.tensor(r_ids), torch.tensor(r_seg), 1)
+        pad = [(T - len(r_ids)) for r_ids, _ in self.rows]
+        device = self.model.device
+        ids, seg, mask = (torch.tensor(x, dtype=torch.long, device=device) for x in (
+            [r_ids + [0] * p for (r_ids, _), p in zip(self.rows, pad)],
+            [r_seg + [0] * p for (_, r_seg), p in zip(self.rows, pad)],
+            [[1] * len(r_ids) + [0] * p for (r_ids, _), p in zip(self.rows, pad)]))
         out = self.model(ids, seg, mask, mask_mode=self.mask_mode, return_logits=False)
         last = mask.sum(1) - 1
-        return self.model.lm_logits(out.last_hidden_state[torch.arange(len(last)), last])
+        return self.model.lm_logits(out.last_hidden_state[torch.arange(len(last), device=device), last])
 
     def expand(self, n: int) -> None:
         if n == 1:
@@ -97,16 +99,26 @@ def default_target_segment(segment_ids: torch.Tensor, attention_mask: torch.Tens
     seq2seq prefix; in causal mode the segment of each prompt's last real token, so a plain
     language model continues its text with the segment ids it was trained on (all 0, usually)."""
     if mask_mode != "causal":
-        return torch.ones(segment_ids.shape[0], dtype=torch.long)
+        return torch.ones(segment_ids.shape[0], dtype=torch.long, device=segment_ids.device)
     last = attention_mask.sum(1) - 1
-    return segment_ids[torch.arange(segment_ids.shape[0]), last].long()
+    return segment_ids[torch.arange(segment_ids.shape[0], device=segment_ids.device), last].long()
+
+
+def model_device(model) -> torch.device:
+    """The device of a model's weights (Transformer.device, or its first parameter's)."""
+    device = getattr(model, "device", None)
+    return device if isinstance(device, torch.device) else next(model.parameters()).device
 
 
 def prepare(model, input_ids, segment_ids, attention_mask, config, eos_token_id, target_segment_id, mask_mode):
+    """The checked inputs, on the model's device (inputs built elsewhere are moved there):
+    (input_ids, segment_ids, attention_mask, target segment per input)."""
     if input_ids.dim() != 2:
         raise ValueError(f"input_ids must be (batch, length), got shape {tuple(input_ids.shape)}")
-    segment_ids = torch.zeros_like(input_ids) if segment_ids is None else segment_ids
-    attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+    device = model_device(model)
+    input_ids = input_ids.to(device)
+    segment_ids = torch.zeros_like(input_ids) if segment_ids is None else segment_ids.to(device)
+    attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(device)
     if not 0 <= eos_token_id < model.config.vocab_size:
         raise ValueError(f"eos_token_id {eos_token_id} is outside the vocabulary")
     if bool((attention_mask.sum(1) == 0).any()):
@@ -114,12 +126,12 @@ def prepare(model, input_ids, segment_ids, attention_mask, config, eos_token_id,
     config.validate_for(model.config, int(attention_mask.sum(1).max()))
     if target_segment_id is None:
         target_segment_id = default_target_segment(segment_ids, attention_mask, mask_mode)
-    target = torch.as_tensor(target_segment_id, dtype=torch.long)
+    target = torch.as_tensor(target_segment_id, dtype=torch.long, device=input_ids.device)
     target = target.expand(input_ids.shape[0]).clone() if target.dim() == 0 else target
     if target.shape != (input_ids.shape[0],):
         raise ValueError("target_segment_id must be an int or one id per input")
     if int(target.max()) >= model.config.type_vocab_size:
         raise ValueError(f"target_segment_id {int(target.max())} >= type_vocab_size {model.config.type_vocab_size}")
-    return segment_ids, attention_mask, target
+    return input_ids, segment_ids, attention_mask, target
 
 

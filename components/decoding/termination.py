@@ -66,7 +66,7 @@ def termination_nll(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Ten
         log_keep = torch.cumsum((log_one_minus_eps + F.logsigmoid(z_eos)) * mask, dim=1)
     else:
         log_keep = F.logsigmoid(-z_eos) + torch.cumsum(mask.long(), dim=1) * log_one_minus_eps
-    others = z.masked_fill(F.one_hot(torch.tensor(eos_id), z.shape[-1]).bool().to(z.device), float("-inf"))
+    others = z.masked_fill(F.one_hot(torch.tensor(eos_id, device=z.device), z.shape[-1]).bool(), float("-inf"))
     log_other = log_keep + torch.log_softmax(others, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     log_p = torch.where(targets == eos_id, _log1mexp(log_keep), log_other)
     return -torch.where(mask, log_p, 0.0).sum() / mask.sum().clamp_min(1)
