@@ -133,21 +133,18 @@ def dialogue_nll(logits: torch.Tensor, input_ids: torch.Tensor, mask: torch.Tens
     return turn_sums(slice(None)), counts.sum()
 
 
-def pad_dialogues(batch: list[EncodedDialogue], pad_id: int) -> dict[str, torch.Tensor]:
+def pad_dialogues(batch: list[EncodedDialogue], pad_id: int, device=None) -> dict[str, torch.Tensor]:
     """Right-padded tensors (B, T): input_ids, segment_ids, attention_mask; and target_turns
-    (B, T-1): the turn index of each next-token target input_ids[:, 1:], -1 on padding."""
+    (B, T-1): the turn index of each next-token target input_ids[:, 1:], -1 on padding. Built as
+    lists, then one tensor each on `device` (None: the CPU, never torch's default device)."""
     T = max(len(e.input_ids) for e in batch)
-    ids = torch.full((len(batch), T), pad_id, dtype=torch.long)
-    seg = torch.zeros(len(batch), T, dtype=torch.long)
-    mask = torch.zeros(len(batch), T, dtype=torch.long)
-    turns = torch.full((len(batch), max(T - 1, 0)), -1, dtype=torch.long)
-    for i, e in enumerate(batch):
-        n = len(e.input_ids)
-        ids[i, :n] = torch.tensor(e.input_ids)
-        seg[i, :n] = torch.tensor(e.segment_ids)
-        mask[i, :n] = 1
-        turns[i, :n - 1] = torch.tensor(e.turn_ids[1:], dtype=torch.long)
-    return {"input_ids": ids, "segment_ids": seg, "attention_mask": mask, "target_turns": turns}
+    rows = {"input_ids": [e.input_ids + [pad_id] * (T - len(e.input_ids)) for e in batch],
+            "segment_ids": [e.segment_ids + [0] * (T - len(e.input_ids)) for e in batch],
+            "attention_mask": [[1] * len(e.input_ids) + [0] * (T - len(e.input_ids)) for e in batch],
+            "target_turns": [e.turn_ids[1:] + [-1] * (T - len(e.input_ids)) for e in batch]}
+    widths = {"target_turns": max(T - 1, 0)}
+    return {k: torch.tensor(v, dtype=torch.long, device=device or "cpu").reshape(len(batch), widths.get(k, T))
+            for k, v in rows.items()}
 
 
 def loss_mask(target_turns: torch.Tensor, mode: str) -> torch.Tensor:
@@ -178,11 +175,13 @@ class DialogueModel:
         self.max_history = max_history
 
     @classmethod
-    def from_pretrained(cls, model_dir, max_length: int = 256, max_history: int | None = None) -> DialogueModel:
+    def from_pretrained(cls, model_dir, max_length: int = 256, max_history: int | None = None,
+                        device=None, dtype=None) -> DialogueModel:
+        """`device` / `dtype`: where and in which type the weights live (Transformer.from_pretrained)."""
         from components.model import Transformer
         from components.tokenizer import Tokenizer
-        return cls(Transformer.from_pretrained(model_dir), Tokenizer.from_pretrained(model_dir), max_length,
-                   max_history)
+        return cls(Transformer.from_pretrained(model_dir, device=device, dtype=dtype),
+                   Tokenizer.from_pretrained(model_dir), max_length, max_history)
 
     def _config(self, decoding):
         """The decoding settings for one reply each: max_new_tokens capped at half the context."""
@@ -194,7 +193,7 @@ class DialogueModel:
     def _encode_histories(self, histories: list[list[str]], room: int):
         encs = [encode_dialogue(self.tokenizer, h, self.max_length, self.max_history, reply_room=room, for_reply=True)
                 for h in histories]
-        return encs, pad_dialogues(encs, self.tokenizer.pad_id)
+        return encs, pad_dialogues(encs, self.tokenizer.pad_id, self.model.device)
 
     def _prepare(self, history: list[str], decoding):
         config = self._config(decoding)
@@ -228,9 +227,11 @@ class DialogueModel:
         *_, reply = self.stream_chat(history, decoding)
         return reply
 
-    def reply_batch(self, histories: list[list[str]], decoding=None, batch_size: int = 32) -> list[Reply]:
+    def reply_batch(self, histories: list[list[str]], decoding=None, batch_size: int = 32,
+                    seeds: list[int | None] | None = None) -> list[Reply]:
         """One reply per history, `batch_size` histories decoded together by the batched cached
-        decoder (greedy, sampling or beam search)."""
+        decoder (greedy, sampling or beam search). `seeds`: one sampling seed per history (in place
+        of the decoding seed), each history sampled as if alone."""
         from components.decoding import generate
         config = self._config(decoding or {})
         replies: list[Reply] = []
@@ -238,7 +239,8 @@ class DialogueModel:
             encs, batch = self._encode_histories(histories[start:start + batch_size], config.max_new_tokens)
             gens = generate(self.model, batch["input_ids"], batch["segment_ids"], batch["attention_mask"], config,
                             eos_token_id=self.tokenizer.sep_id, mask_mode="causal",
-                            target_segment_id=torch.tensor([e.next_segment for e in encs]))
+                            target_segment_id=torch.tensor([e.next_segment for e in encs], device=self.model.device),
+                            seeds=None if seeds is None else seeds[start:start + batch_size])
             for enc, (gen, *_) in zip(encs, gens):
                 replies.append(Reply(self.tokenizer.decode(gen.token_ids), gen.finish_reason, len(enc.input_ids),
                                      len(gen.token_ids)))
@@ -256,12 +258,13 @@ class DialogueModel:
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
             chunk = [encs[i] for i in idx]
-            batch = pad_dialogues(chunk, self.tokenizer.pad_id)
+            batch = pad_dialogues(chunk, self.tokenizer.pad_id, self.model.device)
             mask = loss_mask(batch["target_turns"], "last_turn")
             logits = self.model(batch["input_ids"], batch["segment_ids"], batch["attention_mask"],
                                 mask_mode="causal").logits
             nll, counts = dialogue_nll(logits, batch["input_ids"], mask, batch["target_turns"], self.model.config,
                                        self.tokenizer.sep_id, per_row=True)
-            for j, i in enumerate(idx):
-                out[i] = (-float(nll[j]), int(counts[j]))
+            # to the host on purpose: the caller gets Python numbers (one transfer per batch)
+            for j, (row_nll, count) in enumerate(zip(nll.tolist(), counts.tolist())):
+                out[idx[j]] = (-row_nll, int(count))
         return out
