@@ -37,7 +37,7 @@ KUBERAY = sorted((CLUSTER / "kuberay").glob("*.yaml"))
 # Spec fields of the KubeRay v1 API (ray-operator/apis/ray/v1/*_types.go) that these manifests may use.
 SPEC_FIELDS = {
     "RayCluster": {"headGroupSpec", "workerGroupSpecs", "rayVersion", "enableInTreeAutoscaling",
-                   "autoscalerOptions", "headServiceAnnotations", "suspend"},
+                   "autoscalerOptions", "headServiceAnnotations", "suspend", "authOptions"},
     "RayJob": {"activeDeadlineSeconds", "backoffLimit", "rayClusterSpec", "submitterPodTemplate", "metadata",
                "clusterSelector", "submitterConfig", "entrypoint", "runtimeEnvYAML", "jobId", "submissionMode",
                "entrypointResources", "entrypointNumCpus", "entrypointNumGpus", "ttlSecondsAfterFinished",
@@ -180,8 +180,13 @@ def test_launcher_config(path):
     assert installed_by(config["setup_commands"]) == CLUSTER_PACKAGES
     head = " ".join(config["head_start_ray_commands"])
     assert "ray start --head" in head and "0.0.0.0" not in head   # dashboard reached through `ray dashboard`
-    mount = [o for o in config["docker"]["run_options"] if o.startswith("-v ")]
-    assert mount, "checkpoints need a file system shared by every node"
+    # Checkpoints go to a bucket every node reaches with its own credentials (no shared disk).
+    assert re.search(r"--storage s3://YOUR-BUCKET/\S+", path.read_text(encoding="utf-8"))
+    if config["provider"]["type"] == "aws":
+        assert all("IamInstanceProfile" in t["node_config"] for t in config["available_node_types"].values())
+    else:
+        assert any(o.startswith("--env-file ") for o in config["docker"]["run_options"])
+    assert "AWS_SECRET_ACCESS_KEY=" not in yaml.safe_dump(config)
 
 
 def test_launcher_providers():
@@ -275,11 +280,31 @@ def test_rayjob_entrypoint_runs_a_real_command_and_recipe(path):
         gpus = sum(g["replicas"] * int(c["resources"]["limits"].get("nvidia.com/gpu", 0))
                    for g in spec["workerGroupSpecs"] for c in g["template"]["spec"]["containers"])
         assert gpus >= recipe.scaling.num_workers, f"{recipe.scaling.num_workers} GPU workers, {gpus} GPUs"
-    # The workdir (checkpoints, model) is on a volume that the head and every worker mount.
-    for pod in pod_specs(spec):
-        mounts = [m["mountPath"] for c in pod["containers"] for m in c.get("volumeMounts", [])]
-        assert any(Path(recipe.workdir).is_relative_to(m) for m in mounts), (recipe.workdir, mounts)
+    assert_bucket_storage(recipe.workdir, spec, env)
+    # Ray Data needs CPUs beyond the training workers' (the engine refuses to start otherwise).
+    cpus = sum(g["replicas"] * int(c["resources"]["limits"]["cpu"])
+               for g in spec["workerGroupSpecs"] for c in g["template"]["spec"]["containers"])
+    assert cpus >= recipe.scaling.num_workers * recipe.scaling.cpus_per_worker + 1, cpus
+    assert spec.get("authOptions") == {"mode": "token"}, "KubeRay's token authentication"
     assert env["env_vars"]["MLFLOW_TRACKING_URI"].startswith("http")
+
+
+def assert_bucket_storage(workdir: str, spec: dict, runtime_env: dict) -> None:
+    """The workdir is a bucket placeholder; every pod gets the keys from a Kubernetes Secret into its
+    own environment, and no key is written in the manifest or travels in the runtime_env."""
+    assert workdir.startswith("s3://YOUR-BUCKET/"), workdir
+    assert not {k for k in runtime_env.get("env_vars", {}) if k.startswith("AWS_")}
+    for pod in pod_specs(spec):
+        for c in pod["containers"]:
+            assert {"secretRef": {"name": "bert4ray-s3"}} in c.get("envFrom", []), c["name"]
+            literal = {e["name"] for e in c.get("env", []) if "value" in e}
+            assert not literal & {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"}
+
+
+def test_raycluster_storage_is_a_bucket():
+    path = CLUSTER / "kuberay" / "raycluster.yaml"
+    storage = re.search(r"--storage (\S+)", path.read_text(encoding="utf-8")).group(1)
+    assert_bucket_storage(storage, load(path)["spec"], {})
 
 
 def test_rayservice_serves_the_app_of_serving_config():
