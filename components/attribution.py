@@ -107,7 +107,9 @@ def _class_logits(model: Transformer, embeds: torch.Tensor, segs: torch.Tensor) 
 
 
 def _quantity(logits: torch.Tensor, targets: torch.Tensor, quantity: str) -> torch.Tensor:
-    """(R, C) logits, (R,) targets -> (R,) F: the target's probability or logit."""
+    """(R, C) logits, (R,) targets -> (R,) F: the target's probability or logit (in float32 at
+    least, whatever the model's dtype: a bfloat16 softmax keeps 3 significant digits)."""
+    logits = logits.float() if logits.dtype in (torch.bfloat16, torch.float16) else logits
     values = logits.softmax(dim=-1) if quantity == "prob" else logits
     return values.gather(1, targets[:, None]).squeeze(1)
 
@@ -190,17 +192,20 @@ def integrated_gradients(model: Transformer, inputs: list[torch.Tensor], baselin
         segments = [torch.zeros(x.shape[0], dtype=torch.long, device=x.device) for x in inputs]
     alphas, weights = integration_points(rule, n_steps)
     dtype, device = inputs[0].dtype, inputs[0].device
-    alphas = alphas.to(dtype=dtype, device=device)
+    # The path is formed in float32 (a bfloat16 α would move the quadrature nodes) and each
+    # point rounded once to the model's dtype; gradients are summed in float64 as before.
+    path_type = torch.promote_types(dtype, torch.float32)
+    alphas = alphas.to(dtype=path_type, device=device)
     weights = weights.to(device)
-    baselines = [b.detach() for b in baselines]
-    diffs = [(x.detach() - b) for x, b in zip(inputs, baselines)]          # (T_i, H) each
+    baselines = [b.detach().to(path_type) for b in baselines]
+    diffs = [(x.detach().to(path_type) - b) for x, b in zip(inputs, baselines)]   # (T_i, H) each
     grad_sums = [torch.zeros(x.shape, dtype=torch.float64, device=device) for x in inputs]
 
     with _eval_mode(model):
         for runs in _plan([x.shape[0] for x in inputs], n_steps, internal_batch_size):
             # The path points of this pass: baseline + α_k (input - baseline), (R, T, H).
             embeds = torch.cat([baselines[i][None] + alphas[k0:k1, None, None] * diffs[i][None]
-                                for i, k0, k1 in runs])
+                                for i, k0, k1 in runs]).to(dtype)
             segs = torch.cat([segments[i][None].expand(k1 - k0, -1) for i, k0, k1 in runs])     # (R, T)
             row_targets = torch.tensor([targets[i] for i, k0, k1 in runs for _ in range(k1 - k0)],
                                        dtype=torch.long, device=device)
@@ -307,7 +312,7 @@ def attribute_batch(model: Transformer, tokenizer: Tokenizer, texts: Sequence[st
             raise TypeError(f"baseline_text must be a string, got {type(baseline_text).__name__}")
         base_body = tokenizer.encode(baseline_text, max_length=limit)[0][1:-1]
 
-    device = next(model.parameters()).device
+    device = model.device
     names = label_names(model)
     with _eval_mode(model):
         segs = [torch.tensor(s, dtype=torch.long, device=device) for _, s in encoded]
@@ -322,9 +327,9 @@ def attribute_batch(model: Transformer, tokenizer: Tokenizer, texts: Sequence[st
                       for (ids, _), seg in zip(encoded, segs)]
         # F at both ends, exactly (not from the path): one batched forward of 2N rows.
         ends = endpoint_logits(model, xs + bs, segs + segs, internal_batch_size)            # (2N, C)
-        logits_x, logits_b = ends[:len(xs)], ends[len(xs):]
+        logits_x, logits_b = ends[:len(xs)].float(), ends[len(xs):].float()
         probs = logits_x.softmax(dim=-1)
-        predicted = probs.argmax(dim=-1).tolist()
+        predicted = probs.argmax(dim=-1).tolist()    # to the host on purpose: targets index Python lists
         targets = [p if t is None else t for p, t in zip(predicted, targets)]
         t_tensor = torch.tensor(targets, dtype=torch.long, device=device)
         f_x = _quantity(logits_x, t_tensor, quantity).double()
@@ -364,8 +369,9 @@ class Attributor:
         self.labels = label_names(model)
 
     @classmethod
-    def from_pretrained(cls, model_dir: str | Path) -> Attributor:
-        """Load a model directory; refuses one without a trained classifier head."""
+    def from_pretrained(cls, model_dir: str | Path, device=None, dtype=None) -> Attributor:
+        """Load a model directory; refuses one without a trained classifier head. `device` /
+        `dtype` as for Transformer.from_pretrained."""
         model_dir = Path(model_dir)
         if not model_dir.is_dir():
             raise FileNotFoundError(f"model directory '{model_dir}' does not exist")
@@ -374,7 +380,7 @@ class Attributor:
             raise ValueError(f"the model in '{model_dir}' has no classifier head (num_labels = 0); "
                              "Integrated Gradients explains a model trained with the classify task")
         new: list[str] = []
-        model = Transformer.from_pretrained(model_dir, report=new)
+        model = Transformer.from_pretrained(model_dir, report=new, device=device, dtype=dtype)
         if any(name.startswith("classifier.") for name in new):
             raise ValueError(f"'{model_dir}' has no classifier weights (they would be random); "
                              "train it with the classify task first")

@@ -139,7 +139,9 @@ def pack_batches(lengths: list[int], token_budget: int) -> list[list[int]]:
 
 
 def _distance(a: torch.Tensor, b: torch.Tensor, kind: str) -> torch.Tensor:
-    """(..., D), (..., D) -> (...)."""
+    """(..., D), (..., D) -> (...), in float32 at least: the states may be bfloat16, but their
+    differences are small and a half-precision norm would lose them."""
+    a, b = a.float(), b.float()
     if kind == "euclidean":
         return torch.linalg.vector_norm(a - b, dim=-1)
     return 1.0 - torch.nn.functional.cosine_similarity(a, b, dim=-1, eps=1e-12)
@@ -156,16 +158,14 @@ class _Runner:
         self.model, self.encs, self.layers = model, encs, layers
         device = next(model.parameters()).device
         T = max(len(e.ids) for e in encs)
-        ids = torch.full((len(encs), T), pad_id, dtype=torch.long)
-        for s, e in enumerate(encs):
-            ids[s, :len(e.ids)] = torch.tensor(e.ids, dtype=torch.long)
+        ids = torch.tensor([e.ids + [pad_id] * (T - len(e.ids)) for e in encs], dtype=torch.long, device=device)
         self.device = device
         self.lengths = [len(e.ids) for e in encs]
         first = model.layers[0]
         with torch.inference_mode():
-            self.x0 = model.embed(ids.to(device))                                # (S, T, H)
+            self.x0 = model.embed(ids)                                           # (S, T, H)
             self.qkv0 = _qkv(first, self.x0)                                      # (S, T, 3H)
-            self.x0_mask = model.embed(torch.full((1, T), mask_id, device=device))[0]   # (T, H)
+            self.x0_mask = model.embed(torch.full((1, T), mask_id, dtype=torch.long, device=device))[0]   # (T, H)
             self.qkv0_mask = _qkv(first, self.x0_mask)                            # (T, 3H)
 
     def run(self, sents: list[int], masked: list[list[int]], reads: list[list[int]]) -> torch.Tensor:
@@ -329,7 +329,7 @@ def impact_matrices(model, tokenizer, sentences: list[list[str]] | list[Encoded]
             tgt = torch.tensor(target, device=dev)
             merged = torch.zeros(len(rows), nL, dtype=d.dtype, device=dev).scatter_reduce(
                 0, tgt[:, None].expand(-1, nL), d, reduce=reduce, include_self=False)   # (E, nL)
-            values = merged.double().cpu().numpy()
+            values = merged.double().cpu().numpy()      # to the host on purpose: the matrices are numpy
             owners_a = np.asarray(owners)
             for s in np.unique(owners_a):
                 sel = owners_a == s
