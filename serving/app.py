@@ -12,8 +12,9 @@
 from __future__ import annotations
 
 import os
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ray.serve import Application
 
 from serving.deployments import (
@@ -41,8 +42,24 @@ class Batching(BaseModel):
     """How long a request waits for others to join it when the model is free."""
 
 
+DEPLOYMENTS = ("retriever", "generator", "chat", "attributor", "parser")
+DEVICE_PATTERN = r"^(cpu|auto|cuda(:\d+)?)$"
+Dtype = Literal["float32", "bfloat16", "float16"]
+
+
+class Placement(BaseModel):
+    """One model deployment's replicas: what they ask Ray for and where the model runs. Unset
+    fields take the value of `scaling`."""
+    model_config = ConfigDict(extra="forbid")
+    num_cpus: float | None = Field(None, gt=0)
+    num_gpus: float | None = Field(None, ge=0)
+    device: str | None = Field(None, pattern=DEVICE_PATTERN)
+    dtype: Dtype | None = None
+
+
 class Scaling(BaseModel):
-    """Replica settings applied to every model deployment (the ingress keeps one replica per node)."""
+    """Replica settings applied to every model deployment (the ingress keeps one replica per node);
+    `per_deployment` overrides the resources, device and dtype of single deployments."""
     model_config = ConfigDict(extra="forbid")
     num_replicas: int | str = 1
     """A count, or "auto" to use `autoscaling`."""
@@ -51,11 +68,39 @@ class Scaling(BaseModel):
     num_cpus: float | None = Field(None, gt=0)
     """CPUs per model replica; unset: the cluster's CPUs less the ingress' share, split among the
     model replicas (see serving/resources.py)."""
+    num_gpus: float = Field(0, ge=0)
+    """GPUs per model replica (a fraction shares one GPU among replicas)."""
+    device: str | None = Field(None, pattern=DEVICE_PATTERN)
+    """Where each replica runs its model: cpu, cuda, cuda:N or auto; unset: cuda when the replica
+    has GPUs, else cpu. Ray shows a replica only the GPUs it asked for, so cuda needs num_gpus > 0."""
+    dtype: Dtype = "float32"
+    """The models' dtype; bfloat16 or float16 halve memory and speed up GPUs (float32 sums kept
+    where they matter: norms, softmax, sampling, attributions)."""
+    per_deployment: dict[Literal[DEPLOYMENTS], Placement] = Field(default_factory=dict)
+    """e.g. {generator: {num_gpus: 1, dtype: bfloat16}, parser: {num_cpus: 1}}."""
     max_ongoing_requests: int = Field(64, ge=1)
     ingress_max_ongoing_requests: int = Field(256, ge=1)
     """The ingress only awaits the model deployments, so it admits many requests at once. Serve's
     default of 5 would cap what reaches a model replica (and so its batches) at 5, and above that
     the proxy's back-off made throughput collapse (8 req/s at 32 concurrent clients, vs 65 at 8)."""
+
+    def placement(self, name: str) -> Placement:
+        """Deployment `name`'s settings with every field resolved but an automatic num_cpus (None)."""
+        own = self.per_deployment.get(name) or Placement()
+        gpus = self.num_gpus if own.num_gpus is None else own.num_gpus
+        device = own.device or self.device or ("cuda" if gpus > 0 else "cpu")
+        return Placement(num_cpus=own.num_cpus if own.num_cpus is not None else self.num_cpus, num_gpus=gpus,
+                         device=device, dtype=own.dtype or self.dtype)
+
+    @model_validator(mode="after")
+    def _gpus_for_cuda(self):
+        for name in DEPLOYMENTS:
+            p = self.placement(name)
+            if p.device.startswith("cuda") and not p.num_gpus:
+                where = f"per_deployment.{name}" if name in self.per_deployment else "scaling"
+                raise ValueError(f"{where}: device {p.device} needs num_gpus > 0 (Ray shows a replica "
+                                 "only the GPUs it asks for)")
+        return self
 
 
 class AppArgs(BaseModel):
@@ -102,12 +147,29 @@ def model_deployments(args: AppArgs) -> list[str]:
 
 
 def cpus_per_replica(args: AppArgs) -> dict[str, float]:
-    """`scaling.num_cpus` where given, else the cluster's CPUs split among the model replicas."""
+    """`num_cpus` where given (per deployment, else `scaling.num_cpus`); the other deployments
+    split what the cluster has left after those among their replicas."""
     names = model_deployments(args)
-    if args.scaling.num_cpus is not None:
-        return dict.fromkeys(names, args.scaling.num_cpus)
+    fixed = {n: c for n in names if (c := args.scaling.placement(n).num_cpus) is not None}
+    auto = [n for n in names if n not in fixed]
+    if not auto:
+        return fixed
     from serving.resources import cluster_cpus, split_cpus
-    return split_cpus(dict.fromkeys(names, _max_replicas(args.scaling)), *cluster_cpus())
+    total, largest = cluster_cpus()
+    replicas = _max_replicas(args.scaling)
+    shares = split_cpus(dict.fromkeys(auto, replicas), total - replicas * sum(fixed.values()), largest)
+    return {n: fixed[n] if n in fixed else shares[n] for n in names}
+
+
+def _actor_options(args: AppArgs, name: str, cpus: float) -> dict:
+    gpus = args.scaling.placement(name).num_gpus
+    return {"num_cpus": cpus, **({"num_gpus": gpus} if gpus else {})}
+
+
+def _placed(args: AppArgs, name: str) -> dict:
+    """The device and dtype a deployment's constructor takes."""
+    p = args.scaling.placement(name)
+    return {"device": p.device, "dtype": p.dtype}
 
 
 def build_app(args: dict | AppArgs) -> Application:
@@ -119,20 +181,22 @@ def build_app(args: dict | AppArgs) -> Application:
     cpus = cpus_per_replica(args)
 
     def opts(name: str) -> dict:
-        return {**_options(args.scaling), "ray_actor_options": {"num_cpus": cpus[name]}}
+        return {**_options(args.scaling), "ray_actor_options": _actor_options(args, name, cpus[name])}
     batching = args.batching.model_dump()
     bound = {}
     if args.model:
         bound["retriever"] = RetrieverDeployment.options(**opts("retriever")).bind(
-            args.model, args.index, batching, args.max_length)
+            args.model, args.index, batching, args.max_length, **_placed(args, "retriever"))
         bound["generator"] = GeneratorDeployment.options(**opts("generator")).bind(
-            args.model, batching, args.max_length)
+            args.model, batching, args.max_length, **_placed(args, "generator"))
     if args.chat_model:
-        bound["chat"] = ChatDeployment.options(**opts("chat")).bind(args.chat_model)
+        bound["chat"] = ChatDeployment.options(**opts("chat")).bind(args.chat_model, **_placed(args, "chat"))
     if args.attribution_model:
-        bound["attributor"] = AttributorDeployment.options(**opts("attributor")).bind(args.attribution_model, batching)
+        bound["attributor"] = AttributorDeployment.options(**opts("attributor")).bind(
+            args.attribution_model, batching, **_placed(args, "attributor"))
     if args.parser_model:
-        bound["parser"] = ParserDeployment.options(**opts("parser")).bind(args.parser_model, batching)
+        bound["parser"] = ParserDeployment.options(**opts("parser")).bind(
+            args.parser_model, batching, **_placed(args, "parser"))
     # The key travels from the environment of the process that builds the app (serve run,
     # bert4ray serve) to the ingress replicas, never through a config file.
     env = {args.api_key_env: os.environ[args.api_key_env]} if os.environ.get(args.api_key_env) else {}

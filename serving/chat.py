@@ -59,9 +59,11 @@ class StopText:
 
 
 class Chatbot:
-    def __init__(self, model_dir: str | Path, max_length: int = 256):
+    def __init__(self, model_dir: str | Path, max_length: int = 256, device: str | None = None,
+                 dtype: str | None = None):
         self.model_dir = Path(model_dir)
-        self.dialogue = DialogueModel.from_pretrained(self.model_dir, max_length=max_length)
+        self.dialogue = DialogueModel.from_pretrained(self.model_dir, max_length=max_length, device=device,
+                                                      dtype=dtype)
         self.fingerprint = model_fingerprint(self.model_dir)
 
     @property

@@ -52,10 +52,11 @@ class _Batches:
 
 @serve.deployment(name="retriever", **_SHUTDOWN)
 class RetrieverDeployment:
-    def __init__(self, model: str, index: str | None, batching: dict, max_length: int = 64):
+    def __init__(self, model: str, index: str | None, batching: dict, max_length: int = 64,
+                 device: str | None = None, dtype: str | None = None):
         from serving.retriever import Retriever
 
-        self.retriever = Retriever(resolve_model(model), index, max_length=max_length)
+        self.retriever = Retriever(resolve_model(model), index, max_length=max_length, device=device, dtype=dtype)
         self.batches = _Batches(batching, self.search_many, self.embed_many)
 
     def info(self) -> dict:
@@ -78,10 +79,11 @@ class RetrieverDeployment:
 
 @serve.deployment(name="generator", **_SHUTDOWN)
 class GeneratorDeployment:
-    def __init__(self, model: str, batching: dict, max_length: int = 64):
+    def __init__(self, model: str, batching: dict, max_length: int = 64, device: str | None = None,
+                 dtype: str | None = None):
         from serving.generator import Generator
 
-        self.generator = Generator(resolve_model(model), max_length=max_length)
+        self.generator = Generator(resolve_model(model), max_length=max_length, device=device, dtype=dtype)
         self.batches = _Batches(batching, self.similar_many)
 
     def info(self) -> dict:
@@ -97,10 +99,10 @@ class GeneratorDeployment:
 
 @serve.deployment(name="chat", **_SHUTDOWN)
 class ChatDeployment:
-    def __init__(self, model: str, max_length: int = 256):
+    def __init__(self, model: str, max_length: int = 256, device: str | None = None, dtype: str | None = None):
         from serving.chat import Chatbot
 
-        self.bot = Chatbot(resolve_model(model), max_length=max_length)
+        self.bot = Chatbot(resolve_model(model), max_length=max_length, device=device, dtype=dtype)
 
     def info(self) -> dict:
         return {"id": self.bot.name, "fingerprint": self.bot.fingerprint, "kind": "dialogue-lm"}
@@ -118,12 +120,12 @@ class AttributorDeployment:
     """Integrated Gradients. Requests with the same options are attributed together: texts of equal
     length share forward/backward passes (components.attribution never pads)."""
 
-    def __init__(self, model: str, batching: dict):
+    def __init__(self, model: str, batching: dict, device: str | None = None, dtype: str | None = None):
         from components.attribution import Attributor
         from components.weights import model_fingerprint
 
         model_dir = resolve_model(model)
-        self.attributor = Attributor.from_pretrained(model_dir)
+        self.attributor = Attributor.from_pretrained(model_dir, device=device, dtype=dtype)
         self.name, self.fingerprint = model_dir.name, model_fingerprint(model_dir)
         self.batches = _Batches(batching, self.attribute_many)
 
@@ -160,10 +162,10 @@ class ParserDeployment:
     """Perturbed Masking. Requests that arrive together are segmented (and parsed) together: the
     masked copies of all their texts share forward passes."""
 
-    def __init__(self, model: str, batching: dict):
+    def __init__(self, model: str, batching: dict, device: str | None = None, dtype: str | None = None):
         from serving.parser import Parser
 
-        self.parser = Parser(resolve_model(model))
+        self.parser = Parser(resolve_model(model), device=device, dtype=dtype)
         self.batches = _Batches(batching, self.segment_many, self.parse_many)
 
     def info(self) -> dict:

@@ -9,9 +9,10 @@ from components.weights import model_fingerprint
 
 
 class Generator:
-    def __init__(self, model_dir: str | Path, max_length: int = 64):
+    def __init__(self, model_dir: str | Path, max_length: int = 64, device: str | None = None,
+                 dtype: str | None = None):
         self.model_dir = Path(model_dir)
-        self.simbert = SimBERT.from_pretrained(self.model_dir, max_length=max_length)
+        self.simbert = SimBERT.from_pretrained(self.model_dir, max_length=max_length, device=device, dtype=dtype)
         self.fingerprint = model_fingerprint(self.model_dir)
 
     @property

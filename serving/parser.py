@@ -29,15 +29,16 @@ DEFAULTS = {"layer": -1, "distance": "euclidean", "subword": "first", "threshold
 
 
 class Parser:
-    def __init__(self, model_dir: str | Path, token_budget: int = 4096):
+    def __init__(self, model_dir: str | Path, token_budget: int = 4096, device: str | None = None,
+                 dtype: str | None = None):
         self.model_dir = Path(model_dir)
         stored, note = migrate_settings(read_bert4ray_json(self.model_dir).get("perturbed_masking") or {})
         if note:
             log.warning("%s: %s", self.model_dir, note)
         self.settings = {**DEFAULTS, **stored}
         s = self.settings
-        self.prober = Prober.from_pretrained(self.model_dir, layer=s["layer"], distance=s["distance"],
-                                             subword=s["subword"], token_budget=token_budget)
+        self.prober = Prober.from_pretrained(self.model_dir, device=device, dtype=dtype, layer=s["layer"],
+                                             distance=s["distance"], subword=s["subword"], token_budget=token_budget)
         self.fingerprint = model_fingerprint(self.model_dir)
 
     @property

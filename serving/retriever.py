@@ -12,9 +12,10 @@ from components.weights import model_fingerprint
 class Retriever:
     """Embeds texts with a SimBERT model and searches a FAISS index built with the same model."""
 
-    def __init__(self, model_dir: str | Path, index_dir: str | Path | None = None, max_length: int = 64):
+    def __init__(self, model_dir: str | Path, index_dir: str | Path | None = None, max_length: int = 64,
+                 device: str | None = None, dtype: str | None = None):
         self.model_dir = Path(model_dir)
-        self.encoder = SimBERT.from_pretrained(self.model_dir, max_length=max_length)
+        self.encoder = SimBERT.from_pretrained(self.model_dir, max_length=max_length, device=device, dtype=dtype)
         self.fingerprint = model_fingerprint(self.model_dir)
         self.index = VectorIndex.load(index_dir, expected_fingerprint=self.fingerprint) if index_dir else None
 
