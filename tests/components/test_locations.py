@@ -71,8 +71,8 @@ def test_a_failed_download_leaves_nothing_usable(fake_scheme, tmp_path):
 
 
 def test_unknown_schemes_and_bad_prefixes_are_refused(tmp_path):
-    with pytest.raises(ValueError, match=r"model 's3://bucket/m': no handler for this scheme \(registered:"):
-        resolve_model("s3://bucket/m", cache_dir=tmp_path)
+    with pytest.raises(ValueError, match=r"model 'nosuch://bucket/m': no handler for this scheme \(registered:"):
+        resolve_model("nosuch://bucket/m", cache_dir=tmp_path)
     with pytest.raises(ValueError, match="must look like"):
         register_scheme("models", Handler(fetch_fn=lambda r, d: None))
     assert not locations.is_uri("C:/models/x") and locations.is_uri("gs://b/x")

@@ -53,7 +53,7 @@ def store(tmp_path_factory, vocab_file):
         yield {"uri": uri, "simbert": simbert, "dialog": dialog, "dialog_run": run.info.run_id, "root": root}
 
 
-def cli(*args, store, stdin=None, timeout=300):
+def cli(*args, store, stdin=None, timeout=600):
     env = {**os.environ, "MLFLOW_TRACKING_URI": store["uri"], "BERT4RAY_MODEL_CACHE": str(store["root"] / "cache")}
     return subprocess.run([sys.executable, "-m", "pipelines", *map(str, args)], cwd=REPO, env=env, input=stdin,
                           capture_output=True, text=True, timeout=timeout)
@@ -93,7 +93,7 @@ def test_chat_talks_with_a_run_artifact(store):
     (["chat", "--model", "models:/tiny-simbert@nobody"], "cannot resolve model 'models:/tiny-simbert@nobody'"),
     (["index", "--model", "runs:/0123456789abcdef/model", "--corpus", "pipelines/data/simbert_sample.jsonl",
       "--out", "/tmp/never"], "cannot download model 'runs:/0123456789abcdef/model'"),
-    (["chat", "--model", "s3://bucket/model"], "no handler for this scheme"),
+    (["chat", "--model", "nosuch://bucket/model"], "no handler for this scheme"),
 ])
 def test_bad_uris_end_with_one_line(store, args, message):
     proc = cli(*args, store=store, stdin="")
@@ -129,7 +129,9 @@ def test_init_from_a_registered_alias_trains(ray_session, store, tmp_path):
         "data": {"train": [str(data)], "max_length": 32, "validation_fraction": 0.0},
         "task": {"name": "simbert"}, "optim": {"lr": 1e-3, "batch_size": 8},
         "schedule": {"max_steps": 3, "warmup_steps": 1, "log_every": 1},
-        "checkpoint": {"every_steps": 0}, "tracking": {"registered_model": None}})
+        "checkpoint": {"every_steps": 0},
+        # The module's experiment keeps artifacts under tmp (a new one would default to ./mlruns).
+        "tracking": {"experiment": "uris", "registered_model": None}})
     result = run_training(recipe, progress=False)
     start = Transformer.from_pretrained(store["simbert"])
     trained = Transformer.from_pretrained(result.model_dir)
