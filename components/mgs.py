@@ -82,8 +82,8 @@ class Candidate:
 def draw_candidates(config: MGSConfig, step_seed: int) -> list[Candidate]:
     """K candidates, stratified over the mixture, with seeds derived from the step's seed."""
     guided = round(config.num_candidates * config.mixture)
-    gen = torch.Generator().manual_seed(step_seed)
-    seeds = torch.randint(0, 2**62, (config.num_candidates,), generator=gen).tolist()
+    gen = torch.Generator("cpu").manual_seed(step_seed)
+    seeds = torch.randint(0, 2**62, (config.num_candidates,), generator=gen, device="cpu").tolist()
     return [Candidate(int(s), k < guided) for k, s in enumerate(seeds)]
 
 
@@ -107,14 +107,17 @@ def noise_scales(grads: Sequence[torch.Tensor], noise_scale: float) -> list[floa
 
 def perturbation(grads: Sequence[torch.Tensor], sigmas: Sequence[float], candidate: Candidate) -> list[torch.Tensor]:
     """Δ of one candidate, regenerated from its seed: the same on every process for the same inputs.
-    Δ_t = 0 where σ_t = 0; such tensors draw nothing from the candidate's stream."""
-    gen = torch.Generator().manual_seed(candidate.seed)
+    Δ_t = 0 where σ_t = 0; such tensors draw nothing from the candidate's stream. The stream is a
+    CPU generator on purpose (a GPU one draws other numbers): Δ is drawn on the host, then moved
+    to its parameter's device and dtype."""
+    gen = torch.Generator("cpu").manual_seed(candidate.seed)
     out = []
     for g, s in zip(grads, sigmas):
         if s == 0:
             out.append(torch.zeros_like(g))
             continue
-        eps = torch.randn(g.shape, generator=gen, dtype=torch.float32).mul_(s).to(g.dtype)
+        eps = torch.randn(g.shape, generator=gen, dtype=torch.float32, device="cpu").mul_(s)
+        eps = eps.to(device=g.device, dtype=g.dtype)
         out.append(eps - g if candidate.guided else eps)
     return out
 
@@ -149,8 +152,8 @@ def log_q(delta: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], sigmas: 
 
 def log_weights(cost: float, candidate_costs: Sequence[float], log_qs: Sequence[float], beta: float) -> torch.Tensor:
     """log w_k = log softmax_k(β (C(θ) − C(θ + Δ_k)) − log q(Δ_k)), float64."""
-    c = torch.tensor(list(candidate_costs), dtype=torch.float64)
-    scores = beta * (cost - c) - torch.tensor(list(log_qs), dtype=torch.float64)
+    c = torch.tensor(list(candidate_costs), dtype=torch.float64, device="cpu")         # host scalars
+    scores = beta * (cost - c) - torch.tensor(list(log_qs), dtype=torch.float64, device="cpu")
     return scores - torch.logsumexp(scores, dim=0)
 
 
