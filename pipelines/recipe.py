@@ -126,6 +126,9 @@ class ScalingSection:
     num_workers: int = 2
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
+    resources_per_worker: dict[str, float] = field(default_factory=dict)
+    """Custom Ray resources each worker needs besides its CPUs (and GPU), e.g. {train_slot: 1}
+    on a cluster whose nodes each offer one slot, to place one worker per node."""
 
 
 @dataclass

@@ -259,7 +259,8 @@ def run_training(recipe: Recipe, output: str | Path | None = None, resume: bool 
             dataset_config=ray.train.DataConfig(datasets_to_split=[],
                                                 execution_options=ExecutionOptions(preserve_order=True)),
             scaling_config=ray.train.ScalingConfig(num_workers=world, use_gpu=s.use_gpu,
-                                                   resources_per_worker={"CPU": s.cpus_per_worker}),
+                                                   resources_per_worker={"CPU": s.cpus_per_worker,
+                                                                         **s.resources_per_worker}),
             run_config=ray.train.RunConfig(
                 name=run_id, storage_path=wd.ray_storage(),
                 failure_config=ray.train.FailureConfig(max_failures=recipe.checkpoint.max_failures),

@@ -10,6 +10,7 @@ and job drivers start new sessions, but all inherit the raylet's environment).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -45,8 +46,12 @@ def free_ports(n: int) -> list[int]:
 class RayHead:
     """`with RayHead() as head:` head.address is the dashboard URL (Jobs and state API)."""
 
-    def __init__(self, num_cpus: int = 3, start_timeout_s: float = 120):
+    def __init__(self, num_cpus: int = 3, start_timeout_s: float = 120, resources: dict | None = None,
+                 extra_env: dict | None = None):
+        """`resources`: custom Ray resources of this node; `extra_env`: variables of this node's
+        processes (its own HOME, TMPDIR, caches; the S3 endpoint and keys)."""
         self.num_cpus, self.start_timeout_s = num_cpus, start_timeout_s
+        self.extra_env = dict(extra_env or {})
         self.temp_dir = tempfile.mkdtemp(prefix="b4r-", dir="/tmp")     # AF_UNIX paths stay short
         ports = dict(zip(PORT_FLAGS, free_ports(len(PORT_FLAGS))))
         self.address = f"http://127.0.0.1:{ports['dashboard-port']}"
@@ -55,7 +60,8 @@ class RayHead:
                         "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1", "--include-dashboard=true",
                         f"--num-cpus={num_cpus}", f"--object-store-memory={200 * 1024**2}",
                         f"--temp-dir={self.temp_dir}", "--min-worker-port=0", "--max-worker-port=0",
-                        "--disable-usage-stats", *(f"--{k}={v}" for k, v in ports.items())]
+                        "--disable-usage-stats", *(f"--{k}={v}" for k, v in ports.items()),
+                        *([f"--resources={json.dumps(resources)}"] if resources else [])]
         self.proc: subprocess.Popen | None = None
         self.pids: set[int] = set()
         self.killed: list[str] = []
@@ -75,6 +81,7 @@ class RayHead:
         # Node IP 127.0.0.1: Ray otherwise replaces a loopback --node-ip-address with the machine's
         # address and listens there. This switch is the single-machine mode Ray uses on macOS.
         env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+        env.update(self.extra_env)
         env[MARKER] = self.temp_dir
         return env
 
@@ -92,7 +99,7 @@ class RayHead:
                 self.stop()
                 raise RuntimeError(f"ray start exited with {code}:\n{tail}")
             try:
-                JobSubmissionClient(self.address).list_jobs()
+                self._ready(JobSubmissionClient)
                 return self
             except Exception:  # noqa: BLE001 - not up yet
                 if time.monotonic() > deadline:
@@ -100,6 +107,9 @@ class RayHead:
                     self.stop()
                     raise TimeoutError(f"Ray head not up in {self.start_timeout_s} s:\n{tail}") from None
                 time.sleep(1.0)
+
+    def _ready(self, client_class) -> None:
+        client_class(self.address).list_jobs()
 
     def _watch(self) -> None:
         while self._watching.is_set():
@@ -164,3 +174,50 @@ class RayHead:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+class RayNode(RayHead):
+    """A second node joining `head` (`ray start --address=... --block`) with its own ports, temp
+    dir, environment and custom resources; stopped, like the head, by the pids it started.
+    `kill()` SIGKILLs them all at once, as a lost machine would go."""
+
+    def __init__(self, head: RayHead, num_cpus: int = 1, resources: dict | None = None,
+                 extra_env: dict | None = None, start_timeout_s: float = 120):
+        super().__init__(num_cpus=num_cpus, start_timeout_s=start_timeout_s, resources=resources,
+                         extra_env=extra_env)
+        self.head = head
+        flags = ("node-manager-port", "object-manager-port", "dashboard-agent-listen-port",
+                 "dashboard-agent-grpc-port", "runtime-env-agent-port", "metrics-export-port")
+        ports = dict(zip(flags, free_ports(len(flags))))
+        self.address = head.address
+        self.command = [str(Path(sys.executable).parent / "ray"), "start", "--block",
+                        f"--address={head.gcs_address}", "--node-ip-address=127.0.0.1",
+                        f"--num-cpus={num_cpus}", f"--object-store-memory={200 * 1024**2}",
+                        f"--temp-dir={self.temp_dir}", "--min-worker-port=0", "--max-worker-port=0",
+                        "--disable-usage-stats", *(f"--{k}={v}" for k, v in ports.items()),
+                        *([f"--resources={json.dumps(resources)}"] if resources else [])]
+        self.node_id: str | None = None
+
+    def _ready(self, client_class) -> None:
+        from ray.util.state import list_nodes
+        nodes = list_nodes(address=self.head.address, filters=[("state", "=", "ALIVE")], detail=True, timeout=10)
+        mine = [n for n in nodes if not n.is_head_node and n.resources_total.get(next(iter(self.resources)), 0)]
+        if not mine:
+            raise RuntimeError("the node has not joined yet")
+        self.node_id = mine[0].node_id
+
+    @property
+    def resources(self) -> dict:
+        return json.loads(self.command[-1].split("=", 1)[1])
+
+    def kill(self) -> list[int]:
+        """SIGKILL every process of this node (no clean shutdown); the pids it killed."""
+        self._watching.clear()
+        self._collect()
+        pids = sorted(self.pids | ({self.proc.pid} if self.proc else set()))
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        if self.proc:
+            self.proc.wait(timeout=10)
+        return pids
