@@ -146,6 +146,22 @@ def test_decoding_without_cache_and_seeds_on_meta(simbert_dir):
         assert same(on_meta(lambda use_cache=use_cache: run(use_cache)), want)
 
 
+def test_linear_attention_paths(tmp_path, vocab):
+    """The O(n) kernel keeps its running sums in float32 and builds its masks on the inputs' device."""
+    from tests.conftest import tiny_config
+    torch.manual_seed(2)
+    tok = Tokenizer(vocab)
+    d = tmp_path / "linear"
+    Transformer(tiny_config(tok.vocab_size, attention="linear", initializer_range=0.3)).eval().save_pretrained(
+        d, metadata={"vocab_file": str(vocab)})
+    decoding = {"strategy": "sample", "top_k": 5, "seed": 1, "max_new_tokens": 6}
+    for dtype in (None, "bfloat16"):
+        sim = SimBERT.from_pretrained(d, dtype=dtype)
+        vectors, texts = sim.encode(TEXTS), sim.generate(TEXTS, 2, decoding)
+        assert np.array_equal(on_meta(lambda sim=sim: sim.encode(TEXTS)), vectors)
+        assert on_meta(lambda sim=sim: sim.generate(TEXTS, 2, decoding)) == texts
+
+
 def test_similar_and_teacher_forced_logits(simbert_dir):
     f32 = SimBERT.from_pretrained(simbert_dir)
     bf16 = SimBERT.from_pretrained(simbert_dir, dtype="bfloat16")
