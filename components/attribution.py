@@ -337,6 +337,8 @@ def attribute_batch(model: Transformer, tokenizer: Tokenizer, texts: Sequence[st
         attrs = integrated_gradients(model, xs, bs, targets, segs, quantity=quantity, rule=rule,
                                      n_steps=n_steps, internal_batch_size=internal_batch_size)
 
+    # To the host on purpose, one transfer per tensor: the results are JSON-ready Python numbers.
+    attrs, probs, f_x, f_b = [a.cpu() for a in attrs], probs.cpu(), f_x.cpu(), f_b.cpu()
     results = []
     for i, (ids, _) in enumerate(encoded):
         a = attrs[i]                                                        # (T_i, H) float64
