@@ -264,6 +264,20 @@ def _baseline_ids(kind: str, ids: list[int], tokenizer: Tokenizer, baseline_ids:
     return [ids[0], *fill, ids[-1]]
 
 
+def _checked_texts(texts: Sequence[str]) -> list[str]:
+    if isinstance(texts, str):
+        raise TypeError("attribute_batch takes a list of texts; use attribute() for one text")
+    texts = list(texts)
+    if not texts:
+        raise ValueError("no texts to attribute")
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"text {i} must be a string, got {type(text).__name__}")
+        if not text.strip():
+            raise ValueError("text is empty" if len(texts) == 1 else f"text {i} is empty")
+    return texts
+
+
 def attribute_batch(model: Transformer, tokenizer: Tokenizer, texts: Sequence[str], *,
                     target: int | str | None | Sequence[int | str | None] = None, quantity: str = "prob",
                     baseline: str = "pad", baseline_text: str | None = None, rule: str = "gausslegendre",
@@ -278,16 +292,7 @@ def attribute_batch(model: Transformer, tokenizer: Tokenizer, texts: Sequence[st
     truncated; the result's tokens show what was attributed.
     """
     check_classifier(model)
-    if isinstance(texts, str):
-        raise TypeError("attribute_batch takes a list of texts; use attribute() for one text")
-    texts = list(texts)
-    if not texts:
-        raise ValueError("no texts to attribute")
-    for i, text in enumerate(texts):
-        if not isinstance(text, str):
-            raise TypeError(f"text {i} must be a string, got {type(text).__name__}")
-        if not text.strip():
-            raise ValueError("text is empty" if len(texts) == 1 else f"text {i} is empty")
+    texts = _checked_texts(texts)
     if baseline not in BASELINES:
         raise ValueError(f"unknown baseline {baseline!r}; valid: {', '.join(BASELINES)}")
     if (baseline == "text") != (baseline_text is not None):
