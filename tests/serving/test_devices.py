@@ -108,3 +108,15 @@ def test_chatbot_and_parser(tiny_model_dir, tokenizer):
     items = [{"text": texts[0]}, {"text": "我 的 快递 还 没 到", "dependency": "chu_liu_edmonds"}]
     parsed = parser.parse_many(items)
     assert on_meta(lambda: parser.parse_many(items)) == parsed
+
+
+def test_the_builder_binds_each_deployment_with_its_resources_device_and_dtype():
+    from serving.app import build_app
+    app = build_app(AppArgs(model="m", parser_model="p", scaling={
+        "num_cpus": 0.5, "dtype": "bfloat16", "per_deployment": {"generator": {"num_gpus": 1}}}))
+    bound = {k: v._bound_deployment for k, v in app._bound_deployment.init_kwargs.items()
+             if hasattr(v, "_bound_deployment")}
+    assert {k: (d.ray_actor_options, d.init_kwargs) for k, d in bound.items()} == {
+        "retriever": ({"num_cpus": 0.5}, {"device": "cpu", "dtype": "bfloat16"}),
+        "generator": ({"num_cpus": 0.5, "num_gpus": 1.0}, {"device": "cuda", "dtype": "bfloat16"}),
+        "parser": ({"num_cpus": 0.5}, {"device": "cpu", "dtype": "bfloat16"})}
