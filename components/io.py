@@ -1,4 +1,4 @@
-"""Atomic directory writes: build in a temporary sibling, then rename into place."""
+"""Atomic writes: build a file or directory in a temporary sibling, then rename it into place."""
 
 from __future__ import annotations
 
@@ -31,4 +31,26 @@ def atomic_directory(target: str | Path):
             os.rename(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_file(target: str | Path):
+    """Yield a temporary path beside `target`; on success it replaces `target` in one rename (so a
+    reader sees the old file or the whole new one, never a part), on error it is removed."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}.tmp-", dir=target.parent)
+    os.close(fd)
+    tmp = Path(name)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)                 # mkstemp's 0600 would hide the file from others
+    try:
+        yield tmp
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
         raise
