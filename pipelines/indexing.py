@@ -1,7 +1,7 @@
 """Embed a corpus with Ray Data and build the retrieval index (`bert4ray index`).
 
     corpus (JSON Lines / Parquet rows {"id"?, "text"} or SimBERT groups {"texts": [...]})
-      -> Ray Data -> map_batches(Embedder actors, each loading the model once)
+      -> Ray Data -> map_batches(Predictor "embed" actors of pipelines/inference.py, one model each)
       -> VectorIndex (exact, or HNSW beyond a threshold) saved with its table and fingerprint
 """
 
@@ -14,6 +14,8 @@ import numpy as np
 
 from components.index import VectorIndex
 from components.weights import model_fingerprint
+from pipelines.inference import Predictor
+from pipelines.inference import vectors as embedding_matrix
 
 
 class CorpusError(ValueError):
@@ -62,21 +64,6 @@ def read_corpus(path: str | Path) -> list[dict]:
     return rows
 
 
-class Embedder:
-    """Ray Data actor: loads the SimBERT model once, embeds batches of texts."""
-
-    def __init__(self, model_dir: str, max_length: int = 64):
-        import torch
-
-        from components.simbert import SimBERT
-        torch.set_num_threads(1)
-        self.sim = SimBERT.from_pretrained(model_dir, max_length=max_length)
-
-    def __call__(self, batch: dict) -> dict:
-        texts = [str(t) for t in batch["text"]]
-        return {"id": batch["id"], "text": batch["text"], "vector": self.sim.encode(texts)}
-
-
 def build_index(model_dir: str | Path, corpus: str | Path, out_dir: str | Path, kind: str = "auto",
                 hnsw_threshold: int = 50_000, actors: int = 1, batch_size: int = 256,
                 max_length: int = 64, ef_search: int = 256, nprobe: int = 16) -> VectorIndex:
@@ -87,14 +74,17 @@ def build_index(model_dir: str | Path, corpus: str | Path, out_dir: str | Path, 
     if not (model_dir / "config.json").is_file():
         raise FileNotFoundError(f"'{model_dir}' is not a model directory (no config.json)")
     rows = read_corpus(corpus)
+    # The embed actor of `bert4ray predict`; texts past max_length are cut, as SimBERT.encode does.
     ds = ray.data.from_items(rows).map_batches(
-        Embedder, fn_constructor_args=(str(model_dir), max_length), batch_size=batch_size,
-        batch_format="numpy", compute=ActorPoolStrategy(min_size=1, max_size=max(1, actors)), num_cpus=1)
+        Predictor, fn_constructor_args=("embed", str(model_dir)),
+        fn_constructor_kwargs={"settings": {"max_length": max_length, "truncate": True}, "batch_size": 64},
+        batch_size=batch_size, batch_format="pyarrow",
+        compute=ActorPoolStrategy(min_size=1, max_size=max(1, actors)), num_cpus=1)
     ids, texts, vectors = [], [], []
-    for batch in ds.iter_batches(batch_size=4096, batch_format="numpy"):
-        ids += [str(x) for x in batch["id"]]
-        texts += [str(x) for x in batch["text"]]
-        vectors.append(np.asarray(batch["vector"], dtype=np.float32))
+    for batch in ds.iter_batches(batch_size=4096, batch_format="pyarrow"):
+        ids += [str(x) for x in batch["id"].to_pylist()]
+        texts += [str(x) for x in batch["text"].to_pylist()]
+        vectors.append(embedding_matrix(batch))
     matrix = np.concatenate(vectors)
     index = VectorIndex(matrix.shape[1], model_fingerprint(model_dir), kind=kind, hnsw_threshold=hnsw_threshold,
                         ef_search=ef_search, nprobe=nprobe)
