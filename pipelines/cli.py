@@ -21,6 +21,7 @@ import traceback
 # name -> module; add a line when a command lands.
 COMMANDS: dict[str, str] = {
     "index": "pipelines.commands.index",
+    "predict": "pipelines.commands.predict",
     "serve": "pipelines.commands.serve",
     "train": "pipelines.commands.train",
     "data": "pipelines.commands.data",
