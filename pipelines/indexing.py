@@ -66,7 +66,10 @@ def read_corpus(path: str | Path) -> list[dict]:
 
 def build_index(model_dir: str | Path, corpus: str | Path, out_dir: str | Path, kind: str = "auto",
                 hnsw_threshold: int = 50_000, actors: int = 1, batch_size: int = 256,
-                max_length: int = 64, ef_search: int = 256, nprobe: int = 16) -> VectorIndex:
+                max_length: int = 64, ef_search: int = 256, nprobe: int = 16,
+                num_gpus_per_actor: float = 0.0) -> VectorIndex:
+    """`num_gpus_per_actor` > 0: each embedding actor asks Ray for that many GPUs and runs its model
+    on the GPU Ray gives it."""
     import ray
     from ray.data import ActorPoolStrategy
 
@@ -77,9 +80,11 @@ def build_index(model_dir: str | Path, corpus: str | Path, out_dir: str | Path, 
     # The embed actor of `bert4ray predict`; texts past max_length are cut, as SimBERT.encode does.
     ds = ray.data.from_items(rows).map_batches(
         Predictor, fn_constructor_args=("embed", str(model_dir)),
-        fn_constructor_kwargs={"settings": {"max_length": max_length, "truncate": True}, "batch_size": 64},
+        fn_constructor_kwargs={"settings": {"max_length": max_length, "truncate": True}, "batch_size": 64,
+                               "device": "cuda" if num_gpus_per_actor > 0 else "cpu"},
         batch_size=batch_size, batch_format="pyarrow",
-        compute=ActorPoolStrategy(min_size=1, max_size=max(1, actors)), num_cpus=1)
+        compute=ActorPoolStrategy(min_size=1, max_size=max(1, actors)), num_cpus=1,
+        num_gpus=num_gpus_per_actor or None)
     ids, texts, vectors = [], [], []
     for batch in ds.iter_batches(batch_size=4096, batch_format="pyarrow"):
         ids += [str(x) for x in batch["id"].to_pylist()]

@@ -21,6 +21,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--nprobe", type=int, default=16, help="IVF cells searched per query")
     parser.add_argument("--actors", type=int, default=1, help="embedding actors (one model copy each)")
     parser.add_argument("--max-length", type=int, default=64)
+    parser.add_argument("--num-gpus-per-actor", type=float, default=0.0,
+                        help="GPUs per embedding actor (0: CPU; 0.5: two actors share a GPU)")
 
 
 def run(args) -> int:
@@ -28,13 +30,15 @@ def run(args) -> int:
     from pipelines.model_store import resolve_model
     from pipelines.train import init_ray
 
+    if args.num_gpus_per_actor < 0:
+        raise ValueError(f"--num-gpus-per-actor must be >= 0, got {args.num_gpus_per_actor}")
     read_corpus(args.corpus)                     # fail on a bad file before Ray starts
     model_dir = resolve_model(args.model)        # and on a bad model (a URI is downloaded once)
     init_ray()
     t0 = time.perf_counter()
     index = build_index(model_dir, args.corpus, args.out, kind=args.kind, hnsw_threshold=args.hnsw_threshold,
                         actors=args.actors, max_length=args.max_length, ef_search=args.ef_search,
-                        nprobe=args.nprobe)
+                        nprobe=args.nprobe, num_gpus_per_actor=args.num_gpus_per_actor)
     print(f"indexed {len(index)} texts ({index.resolved_kind}, dim {index.dim}) in "
           f"{time.perf_counter() - t0:.1f} s -> {args.out}")
     return 0
