@@ -181,7 +181,7 @@ def prepare(job: PredictJob) -> Plan:
     outputs = [job.prefix + c for c in kind_class(job.kind).columns]
     files = pio.find_inputs(job.input, out_dir)
     done = [f for f in files if (out_dir / f.name).is_file()]
-    todo = [f for f in files if f not in done]
+    todo = [f for f in files if not (out_dir / f.name).is_file()]
     for index, f in enumerate(todo):
         pio.inspect(f, job.column, outputs)
         pio.plan(f, index, job.column, outputs)
@@ -344,9 +344,10 @@ def _quiet_data() -> None:
 def _summarise(plan: Plan, writer: _Writer, seconds: float, first: tuple[float, int]) -> PredictResult:
     """Gather every file's bad rows (the skipped files' from their earlier run) into OUT.errors.jsonl."""
     from components.io import atomic_file
+    written = {f.name: writer.errors[i] for i, f in enumerate(plan.todo)}
     errors = []
     for f in sorted(plan.todo + plan.done, key=lambda f: f.name):
-        errors += writer.errors.get(plan.todo.index(f), []) if f in plan.todo else pio.read_errors(plan.out_dir, f)
+        errors += written[f.name] if f.name in written else pio.read_errors(plan.out_dir, f)
     errors_path = Path(str(plan.out_dir).rstrip("/\\") + ".errors.jsonl")
     if errors:
         with atomic_file(errors_path) as tmp:

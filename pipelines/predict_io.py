@@ -23,6 +23,7 @@ import glob
 import io
 import json
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,8 +51,8 @@ def find_inputs(spec: str, out_dir: Path) -> list[InputFile]:
     files under `out_dir` are never inputs."""
     path = Path(spec).expanduser()
     if glob.has_magic(spec):
-        base = Path(spec.split("*")[0].split("?")[0].split("[")[0] or ".")
-        base = base if spec.split("*")[0].endswith(os.sep) else base.parent
+        prefix = spec[:re.search(r"[*?[]", spec).start()]           # the directory before the pattern
+        base = Path(prefix) if prefix.endswith(os.sep) else Path(prefix).parent
         found = [Path(p) for p in glob.glob(spec, recursive=True) if Path(p).is_file()]
         if not found:
             raise FileNotFoundError(f"no input file matches '{spec}'")
@@ -95,7 +96,10 @@ def inspect(f: InputFile, column: str, outputs: list[str]) -> None:
     elif f.fmt == "csv":
         names = f.header = _csv_header(f.path)
     else:
-        names = list(_first_record(f.path))
+        first = _first_record(f.path)
+        if first is None:
+            return                                   # no rows: an empty output, nothing to check
+        names = list(first)
     if column not in names:
         raise ValueError(f"{f.path}: no column '{column}' (columns: {', '.join(map(str, names)) or 'none'}); "
                          "choose one with --column")
@@ -105,7 +109,7 @@ def inspect(f: InputFile, column: str, outputs: list[str]) -> None:
                          "name the outputs apart with --prefix")
 
 
-def _first_record(path: str) -> dict:
+def _first_record(path: str) -> dict | None:
     with open(path, "rb") as fh:
         for line in fh:
             if line.strip():
@@ -116,7 +120,7 @@ def _first_record(path: str) -> dict:
                 if not isinstance(record, dict):
                     raise ValueError(f"{path}: not JSON Lines of objects (first row is a {type(record).__name__})")
                 return record
-    return {}
+    return None
 
 
 def _csv_header(path: str) -> list[str]:

