@@ -222,7 +222,9 @@ def run_training(recipe: Recipe, output: str | Path | None = None, resume: bool 
     previous = json.loads(state) if state else {}
     tracker.start(run_id, resume_run_id=previous.get("mlflow_run_id"), recipe_file=run_dir / "recipe.yaml")
     wd.write_text(f"runs/{run_id}/state.json", json.dumps({"mlflow_run_id": tracker.run_id}))
+    wd.push_file("mlflow.db")                  # the run exists in the bucket's copy even if killed
     history: list[dict] = []
+    failed = False
     try:
         train_ds, val_ds, report = data_mod.load_splits(recipe, task, train_files, val_files)
         task.prepare(train_ds)
@@ -316,10 +318,15 @@ def run_training(recipe: Recipe, output: str | Path | None = None, resume: bool 
             publish_model(target, publish_to)
         tracker.finish_success(target, metrics, report)
     except BaseException as exc:
+        failed = True
         tracker.finish_failed(exc)
         raise
     finally:
-        wd.push_file("mlflow.db")
+        try:
+            wd.push_file("mlflow.db")
+        except Exception:
+            if not failed:                     # never hide the error that ended the run
+                raise
     return TrainingResult(model_dir=target, model_location=publish_to or str(target), metrics=metrics,
                           mlflow_run_id=tracker.run_id, run_id=run_id, data_report=report, history=history)
 
