@@ -36,6 +36,8 @@ Exit code: 0 all rows predicted; 3 finished with bad rows (the last line says ho
 input error found before the job started (no such input, unreadable file, missing column, a model
 location without config.json, an unknown setting).
 
+On a Ray cluster (RAY_ADDRESS) IN and a model directory must be at the same path on every node.
+
 MLflow: a run with the counts and timings is logged when MLFLOW_TRACKING_URI is set or with
 --mlflow (then to sqlite:///WORKDIR/mlflow.db unless MLFLOW_TRACKING_URI is set).
 
