@@ -314,6 +314,8 @@ def run_training(recipe: Recipe, output: str | Path | None = None, resume: bool 
             extra, files = task.export_report(target, rows)
             metrics.update(extra)
             tracker.log_text_artifacts(files, extra)
+        from pipelines.model_card import write_model_card
+        write_model_card(target, written, metrics, report, run_id=run_id, mlflow_run_id=tracker.run_id)
         if publish_to:
             publish_model(target, publish_to)
         tracker.finish_success(target, metrics, report)
