@@ -27,7 +27,7 @@ from serving.checks import InputError, prepare_config
 APP_FLAGS = ("model", "index", "chat_model", "attribution_model", "parser_model")
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m serving", description=__doc__.splitlines()[0])
     p.add_argument("config", nargs="?", help="Serve config YAML (deployed as `serve run` deploys it)")
     p.add_argument("--model", help="SimBERT model directory or MLflow model URI")
@@ -40,7 +40,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--address", default=os.environ.get("RAY_ADDRESS"), help="Ray cluster to join")
     p.add_argument("--ready-timeout", type=float, default=60.0, metavar="SECONDS",
                    help="give up when the application is not running after this long (default 60)")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def _start_ray(address: str | None) -> bool:
