@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from components.dialog import DialogueModel, encode_dialogue
-from components.weights import model_fingerprint
+from serving.loaded_model import LoadedModel
 
 SEED_SPACE = 2**63
 
@@ -58,17 +58,14 @@ class StopText:
         return best
 
 
-class Chatbot:
+class Chatbot(LoadedModel):
+    kind = "dialogue-lm"
+
     def __init__(self, model_dir: str | Path, max_length: int = 256, device: str | None = None,
                  dtype: str | None = None):
-        self.model_dir = Path(model_dir)
+        super().__init__(model_dir)
         self.dialogue = DialogueModel.from_pretrained(self.model_dir, max_length=max_length, device=device,
                                                       dtype=dtype)
-        self.fingerprint = model_fingerprint(self.model_dir)
-
-    @property
-    def name(self) -> str:
-        return self.model_dir.name
 
     @staticmethod
     def _turns(request: dict) -> list[str]:

@@ -5,19 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from components.simbert import SimBERT
-from components.weights import model_fingerprint
+from serving.loaded_model import LoadedModel
 
 
-class Generator:
+class Generator(LoadedModel):
+    kind = "simbert-generator"
+
     def __init__(self, model_dir: str | Path, max_length: int = 64, device: str | None = None,
                  dtype: str | None = None):
-        self.model_dir = Path(model_dir)
+        super().__init__(model_dir)
         self.simbert = SimBERT.from_pretrained(self.model_dir, max_length=max_length, device=device, dtype=dtype)
-        self.fingerprint = model_fingerprint(self.model_dir)
-
-    @property
-    def name(self) -> str:
-        return self.model_dir.name
 
     def similar_many(self, items: list[dict]) -> list[list[dict] | dict]:
         """items: {"text", "n", "k", "decoding": {...}}. Requests with the same n and decoding

@@ -20,7 +20,7 @@ from components.config import read_bert4ray_json
 from components.probing.constituency import migrate_settings, nested
 from components.probing.prober import Prober
 from components.probing.segment import choose_threshold, segment
-from components.weights import model_fingerprint
+from serving.loaded_model import LoadedModel
 
 log = logging.getLogger(__name__)
 
@@ -28,10 +28,12 @@ DEFAULTS = {"layer": -1, "distance": "euclidean", "subword": "first", "threshold
             "dependency": "eisner", "constituency": "mart"}
 
 
-class Parser:
+class Parser(LoadedModel):
+    kind = "masked-lm-probe"
+
     def __init__(self, model_dir: str | Path, token_budget: int = 4096, device: str | None = None,
                  dtype: str | None = None):
-        self.model_dir = Path(model_dir)
+        super().__init__(model_dir)
         stored, note = migrate_settings(read_bert4ray_json(self.model_dir).get("perturbed_masking") or {})
         if note:
             log.warning("%s: %s", self.model_dir, note)
@@ -39,16 +41,10 @@ class Parser:
         s = self.settings
         self.prober = Prober.from_pretrained(self.model_dir, device=device, dtype=dtype, layer=s["layer"],
                                              distance=s["distance"], subword=s["subword"], token_budget=token_budget)
-        self.fingerprint = model_fingerprint(self.model_dir)
-
-    @property
-    def name(self) -> str:
-        return self.model_dir.name
 
     def info(self) -> dict:
         s = self.settings
-        return {"id": self.name, "fingerprint": self.fingerprint, "kind": "masked-lm-probe",
-                "layer": s["layer"], "distance": s["distance"],
+        return {**super().info(), "layer": s["layer"], "distance": s["distance"],
                 "threshold": s["threshold"] if s["threshold"] is not None else "per-text otsu"}
 
     def _threshold(self, scores: np.ndarray) -> float:

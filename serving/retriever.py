@@ -6,22 +6,22 @@ from pathlib import Path
 
 from components.index import VectorIndex
 from components.simbert import SimBERT
-from components.weights import model_fingerprint
+from serving.loaded_model import LoadedModel
 
 
-class Retriever:
+class Retriever(LoadedModel):
     """Embeds texts with a SimBERT model and searches a FAISS index built with the same model."""
+    kind = "simbert-encoder"
 
     def __init__(self, model_dir: str | Path, index_dir: str | Path | None = None, max_length: int = 64,
                  device: str | None = None, dtype: str | None = None):
-        self.model_dir = Path(model_dir)
+        super().__init__(model_dir)
         self.encoder = SimBERT.from_pretrained(self.model_dir, max_length=max_length, device=device, dtype=dtype)
-        self.fingerprint = model_fingerprint(self.model_dir)
         self.index = VectorIndex.load(index_dir, expected_fingerprint=self.fingerprint) if index_dir else None
 
-    @property
-    def name(self) -> str:
-        return self.model_dir.name
+    def info(self) -> dict:
+        return {**super().info(), "dimensions": self.dimensions,
+                "index_size": len(self.index) if self.index is not None else None}
 
     @property
     def dimensions(self) -> int:
