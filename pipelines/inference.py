@@ -52,8 +52,8 @@ class Kind:
     outputs: dict[str, pa.DataType] = {}
     text_input = True         # the value must be a non-empty string (reply also takes lists)
 
-    def __init__(self, model_dir: str, settings: dict, device: str):
-        self.model_dir, self.settings, self.device = Path(model_dir), settings, device
+    def __init__(self, model_dir: str, settings: dict, device: str, dtype: str | None = None):
+        self.model_dir, self.settings, self.device, self.dtype = Path(model_dir), settings, device, dtype
 
     def prepare(self, value: Any):
         raise NotImplementedError
@@ -69,11 +69,11 @@ def over_length(n_tokens: int, limit: int) -> str:
 class _Encoder(Kind):
     """Shared by embed and classify: tokenise once in `prepare`, one forward pass per `run`."""
 
-    def __init__(self, model_dir: str, settings: dict, device: str):
-        super().__init__(model_dir, settings, device)
+    def __init__(self, model_dir: str, settings: dict, device: str, dtype: str | None = None):
+        super().__init__(model_dir, settings, device, dtype)
         from components.model import Transformer
         from components.tokenizer import Tokenizer
-        self.model = Transformer.from_pretrained(model_dir).eval().to(device)
+        self.model = Transformer.from_pretrained(model_dir, device=device, dtype=dtype).eval()
         self.tokenizer = Tokenizer.from_pretrained(model_dir)
         positions = self.model.config.max_position_embeddings
         self.limit = min(int(settings.get("max_length") or positions), positions)
@@ -97,8 +97,8 @@ class Embed(_Encoder):
 
     columns = ("embedding",)
 
-    def __init__(self, model_dir: str, settings: dict, device: str):
-        super().__init__(model_dir, settings, device)
+    def __init__(self, model_dir: str, settings: dict, device: str, dtype: str | None = None):
+        super().__init__(model_dir, settings, device, dtype)
         self.outputs = {"embedding": pa.list_(pa.float32(), self.model.config.hidden_size)}
 
     def run(self, items):
@@ -112,8 +112,8 @@ class Classify(_Encoder):
 
     columns = ("predicted", "probabilities")
 
-    def __init__(self, model_dir: str, settings: dict, device: str):
-        super().__init__(model_dir, settings, device)
+    def __init__(self, model_dir: str, settings: dict, device: str, dtype: str | None = None):
+        super().__init__(model_dir, settings, device, dtype)
         from components.attribution import check_classifier, label_names
         check_classifier(self.model)
         self.labels = label_names(self.model)
@@ -139,10 +139,11 @@ class Predictor:
     """Ray Data actor: one model, blocks in, blocks with predictions out (see the module docstring)."""
 
     def __init__(self, kind: str, model_dir: str, settings: dict | None = None, batch_size: int = 64,
-                 threads: int = 1, device: str = "cpu", column: str = "text", prefix: str = ""):
+                 threads: int = 1, device: str = "cpu", column: str = "text", prefix: str = "",
+                 dtype: str | None = None):
         import torch
         torch.set_num_threads(max(1, int(threads)))
-        self.kind = kind_class(kind)(str(model_dir), dict(settings or {}), device)
+        self.kind = kind_class(kind)(str(model_dir), dict(settings or {}), device, dtype)
         self.batch_size, self.column, self.prefix = max(1, int(batch_size)), column, prefix
 
     def values(self, block: pa.Table) -> list:

@@ -136,6 +136,7 @@ class PredictJob:
     block_rows: int = 1024
     num_actors: int = 2
     num_gpus_per_actor: float = 0.0
+    dtype: str | None = None          # the model's weights: float32 (default), bfloat16, float16
     cpus_per_actor: float | None = None
     overrides: list[str] = field(default_factory=list)
     mlflow: bool = False
@@ -173,6 +174,9 @@ def prepare(job: PredictJob) -> Plan:
     for name in ("batch_size", "block_rows", "num_actors"):
         if getattr(job, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(job, name)}")
+    if job.dtype is not None:
+        from components.devices import as_dtype
+        as_dtype(job.dtype)                      # an unknown name fails here, not in every actor
     settings = load_settings(job.kind, job.overrides)
     model_dir = _check_model(job, settings)
     out_dir = Path(job.output).expanduser()
@@ -256,7 +260,7 @@ def build_dataset(plan: Plan):
         # block_rows (streaming, as rows arrive) so every actor gets work from the first chunk on.
         ds = ds.repartition(target_num_rows_per_block=job.block_rows)
     kwargs = {"settings": plan.settings, "batch_size": job.batch_size, "threads": threads, "prefix": job.prefix,
-              "device": "cuda" if job.num_gpus_per_actor > 0 else "cpu"}
+              "device": "cuda" if job.num_gpus_per_actor > 0 else "cpu", "dtype": job.dtype}
     return ds.map_batches(
         Predictor, fn_constructor_args=(job.kind, str(plan.model_dir)),
         fn_constructor_kwargs=kwargs, batch_size=job.block_rows, batch_format="pyarrow",

@@ -15,10 +15,11 @@ import pyarrow as pa
 from pipelines.inference import Kind, over_length
 
 
-def _load(model_dir, device: str):
+def _load(model_dir, device: str, dtype: str | None):
     from components.model import Transformer
     from components.tokenizer import Tokenizer
-    return Transformer.from_pretrained(model_dir).eval().to(device), Tokenizer.from_pretrained(model_dir)
+    return (Transformer.from_pretrained(model_dir, device=device, dtype=dtype).eval(),
+            Tokenizer.from_pretrained(model_dir))
 
 
 def _n_tokens(tokenizer, text: str) -> int:
@@ -36,10 +37,10 @@ class Similar(Kind):
     outputs = {"similar": pa.list_(pa.struct([("text", pa.string()), ("score", pa.float32())]))}
     columns = tuple(outputs)
 
-    def __init__(self, model_dir, settings, device):
-        super().__init__(model_dir, settings, device)
+    def __init__(self, model_dir, settings, device, dtype=None):
+        super().__init__(model_dir, settings, device, dtype)
         from components.simbert import SimBERT
-        self.sim = SimBERT(*_load(model_dir, device), max_length=int(settings.get("max_length", 64)))
+        self.sim = SimBERT(*_load(model_dir, device, dtype), max_length=int(settings.get("max_length", 64)))
         self.n, self.k = int(settings.get("n", 32)), int(settings.get("k", 5))
         self.decoding = dict(settings.get("decoding") or {})
 
@@ -60,11 +61,11 @@ class Reply(Kind):
     columns = tuple(outputs)
     text_input = False
 
-    def __init__(self, model_dir, settings, device):
-        super().__init__(model_dir, settings, device)
+    def __init__(self, model_dir, settings, device, dtype=None):
+        super().__init__(model_dir, settings, device, dtype)
         from components.decoding import DecodingConfig
         from components.dialog import DialogueModel
-        self.dialogue = DialogueModel(*_load(model_dir, device), max_length=int(settings.get("max_length", 256)),
+        self.dialogue = DialogueModel(*_load(model_dir, device, dtype), max_length=int(settings.get("max_length", 256)),
                                       max_history=settings.get("max_history"))
         self.decoding = dict(settings.get("decoding") or {})
         room = min(DecodingConfig.from_dict(self.decoding).max_new_tokens, self.dialogue.max_length // 2)
@@ -92,8 +93,8 @@ class _Probe(Kind):
     DEFAULTS = {"layer": -1, "distance": "euclidean", "subword": "first", "threshold": None,
                 "dependency": "eisner", "constituency": "mart"}
 
-    def __init__(self, model_dir, settings, device):
-        super().__init__(model_dir, settings, device)
+    def __init__(self, model_dir, settings, device, dtype=None):
+        super().__init__(model_dir, settings, device, dtype)
         from components.config import read_bert4ray_json
         from components.probing.constituency import migrate_settings
         from components.probing.prober import Prober
@@ -101,8 +102,8 @@ class _Probe(Kind):
         self.options = {**self.DEFAULTS, **stored, **{k: v for k, v in settings.items() if v is not None}}
         o = self.options
         self.prober = Prober.from_pretrained(model_dir, layer=o["layer"], distance=o["distance"],
-                                             subword=o["subword"], token_budget=int(o.get("token_budget", 4096)))
-        self.prober.model.to(device)
+                                             subword=o["subword"], token_budget=int(o.get("token_budget", 4096)),
+                                             device=device, dtype=dtype)
 
     def prepare(self, text):
         return text, len(text)
@@ -170,11 +171,10 @@ class Attribute(Kind):
                "predicted": pa.string(), "prob": pa.float64(), "target": pa.string()}
     columns = tuple(outputs)
 
-    def __init__(self, model_dir, settings, device):
-        super().__init__(model_dir, settings, device)
+    def __init__(self, model_dir, settings, device, dtype=None):
+        super().__init__(model_dir, settings, device, dtype)
         from components.attribution import Attributor
-        self.attributor = Attributor.from_pretrained(model_dir)
-        self.attributor.model.to(device)
+        self.attributor = Attributor.from_pretrained(model_dir, device=device, dtype=dtype)
         model = self.attributor.model
         self.limit = min(self.attributor.tokenizer.max_length, model.config.max_position_embeddings)
         s = settings

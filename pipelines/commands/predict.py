@@ -65,6 +65,8 @@ def add_arguments(parser) -> None:
                         help="rows per actor call, sorted by length inside so passes pad little (default 1024)")
     parser.add_argument("--num-actors", type=int, default=2, help="actors, each with its own model (default 2)")
     parser.add_argument("--num-gpus-per-actor", type=float, default=0.0, help="GPUs per actor (default 0: CPU)")
+    parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                        help="the model's weights in the actors (default float32; bfloat16 / float16 on GPUs)")
     parser.add_argument("--cpus-per-actor", type=float, default=None,
                         help="logical CPUs per actor (default: the cluster's CPUs less 1 for Ray Data's read tasks, "
                              "shared by the actors); torch runs about as many threads")
@@ -80,7 +82,7 @@ def run(args) -> int:
 
     job = PredictJob(args.kind, args.model, args.input, args.output, column=args.column, prefix=args.prefix,
                      batch_size=args.batch_size, block_rows=args.block_rows, num_actors=args.num_actors,
-                     num_gpus_per_actor=args.num_gpus_per_actor, cpus_per_actor=args.cpus_per_actor,
+                     num_gpus_per_actor=args.num_gpus_per_actor, dtype=args.dtype, cpus_per_actor=args.cpus_per_actor,
                      overrides=args.overrides, mlflow=args.mlflow, workdir=args.workdir)
     plan = prepare(job)                          # every input check, before Ray starts
     if plan.done:
