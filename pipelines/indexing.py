@@ -7,11 +7,14 @@
 
 from __future__ import annotations
 
+import io
 import json
+import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from components import objectstore
 from components.index import VectorIndex
 from components.weights import model_fingerprint
 from pipelines.inference import Predictor
@@ -22,28 +25,43 @@ class CorpusError(ValueError):
     """The corpus file cannot be read or holds no usable text."""
 
 
+def _corpus_bytes(path: str) -> bytes:
+    """The corpus file's bytes, from a local path or an object-store URI (s3://, gs://, ...)."""
+    if objectstore.is_remote(path):
+        try:
+            return objectstore.read_bytes(path)
+        except objectstore.LocationError as exc:
+            raise CorpusError(f"corpus file {exc}") from None
+    if not Path(path).is_file():
+        raise CorpusError(f"corpus file '{path}' does not exist")
+    return Path(path).read_bytes()
+
+
 def read_corpus(path: str | Path) -> list[dict]:
     """Rows {"id", "text"}. Accepts {"id"?, "text"} rows and SimBERT groups ({"texts": [...]} or
-    {"text", "synonyms"}), whose sentences get ids "<line>-<j>". Blank texts are skipped."""
-    path = Path(path)
-    if not path.is_file():
-        raise CorpusError(f"corpus file '{path}' does not exist")
-    if path.suffix in (".parquet", ".pq"):
+    {"text", "synonyms"}), whose sentences get ids "<line>-<j>". Blank texts are skipped. `path`:
+    a local file or an object-store URI."""
+    path = str(path)
+    data = _corpus_bytes(path)
+    if path.endswith((".parquet", ".pq")):
         import pyarrow.parquet as pq
         try:
-            records = pq.read_table(path).to_pylist()
+            records = pq.read_table(io.BytesIO(data)).to_pylist()
         except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for a broken file
             raise CorpusError(f"{path}: unreadable Parquet file ({exc})") from None
     else:
         records = []
-        with open(path, encoding="utf-8") as fh:
-            for line_no, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise CorpusError(f"{path}:{line_no}: not valid JSON ({exc.msg})") from None
+        try:
+            lines = data.decode("utf-8").splitlines()
+        except UnicodeDecodeError as exc:
+            raise CorpusError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        for line_no, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise CorpusError(f"{path}:{line_no}: not valid JSON ({exc.msg})") from None
     rows, seen = [], set()
     for n, rec in enumerate(records, 1):
         if not isinstance(rec, dict):
@@ -94,5 +112,16 @@ def build_index(model_dir: str | Path, corpus: str | Path, out_dir: str | Path, 
     index = VectorIndex(matrix.shape[1], model_fingerprint(model_dir), kind=kind, hnsw_threshold=hnsw_threshold,
                         ef_search=ef_search, nprobe=nprobe)
     index.add(matrix, ids, texts)
-    index.save(out_dir)
+    save_index(index, out_dir)
     return index
+
+
+def save_index(index: VectorIndex, out_dir: str | Path) -> None:
+    """Write the index to a local directory (replaced atomically) or upload it to an object-store
+    URI (its marker written last, so a reader never takes a half-uploaded index)."""
+    if not objectstore.is_remote(str(out_dir)):
+        index.save(out_dir)
+        return
+    with tempfile.TemporaryDirectory(prefix="bert4ray-index-") as tmp:
+        index.save(Path(tmp) / "index")
+        objectstore.upload_dir(Path(tmp) / "index", str(out_dir), fingerprint=index.fingerprint)

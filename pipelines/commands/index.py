@@ -10,8 +10,10 @@ HELP = "embed a corpus (JSON Lines / Parquet) with Ray Data and build the FAISS 
 def add_arguments(parser) -> None:
     parser.add_argument("--model", required=True, help="SimBERT model: a directory or an MLflow URI "
                         "(models:/NAME/VERSION, models:/NAME@ALIAS, runs:/RUN_ID/PATH)")
-    parser.add_argument("--corpus", required=True, help="rows {id?, text} or groups {texts: [...]}")
-    parser.add_argument("--out", required=True, help="index directory to write (replaced atomically)")
+    parser.add_argument("--corpus", required=True, help="rows {id?, text} or groups {texts: [...]}: a JSON Lines or Parquet file, local "
+                        "or in object storage (s3://bucket/key, gs://...)")
+    parser.add_argument("--out", required=True, help="index directory to write (replaced atomically), or an object-store prefix "
+                        "(uploaded with its completion marker last)")
     parser.add_argument("--kind", default="auto", choices=["auto", "flat", "hnsw", "ivf"],
                         help="exact (flat), HNSW, IVF (for large batched query loads), or auto: "
                              "HNSW from --hnsw-threshold vectors on")

@@ -124,3 +124,31 @@ def test_wrong_credentials_are_refused_by_the_server(tmp_path, capsys, monkeypat
         assert "\n" not in line and "access denied" in line and f"s3://{BUCKET}/runs" in line, line
         assert "not-the-secret" not in err
         assert server.keys(BUCKET) == ["ok"]
+
+
+def test_index_reads_its_corpus_from_and_writes_the_index_to_the_bucket(s3, tiny_model_dir, tmp_path):
+    """`bert4ray index` as users type it, with s3:// corpus and output; a missing corpus object is
+    one line and exit code 2 before Ray starts."""
+    import os
+    import subprocess
+    import sys
+
+    from components import objectstore
+    from components.index import VectorIndex
+    texts = ["今天天气怎么样", "明天会下雨吗", "我的快递还没到", "怎么修改银行卡密码"]
+    s3.put(BUCKET, "corpora/faq.jsonl", "".join(json.dumps({"id": f"q{i}", "text": t}, ensure_ascii=False) + "\n"
+                                                for i, t in enumerate(texts)).encode())
+    model = tiny_model_dir()
+    env = {**os.environ, **s3.env()}
+    cmd = [sys.executable, "-m", "pipelines", "index", "--model", str(model), "--out", f"s3://{BUCKET}/indexes/faq"]
+    missing = subprocess.run([*cmd, "--corpus", f"s3://{BUCKET}/corpora/nope.jsonl"], env=env,
+                             capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 2 and "does not exist" in missing.stderr, missing.stderr
+    assert len(missing.stderr.strip().splitlines()) == 1, missing.stderr
+    done = subprocess.run([*cmd, "--corpus", f"s3://{BUCKET}/corpora/faq.jsonl"], env=env,
+                          capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"{objectstore.MARKER}" in "".join(s3.keys(BUCKET, "indexes/faq/"))
+    objectstore.download_dir(f"s3://{BUCKET}/indexes/faq", tmp_path / "faq")
+    index = VectorIndex.load(tmp_path / "faq")
+    assert len(index) == len(texts)
