@@ -254,6 +254,26 @@ def _positions(span: tuple[int, int], subword: str) -> list[int]:
     return [span[0]] if subword == "first" else list(range(*span))
 
 
+def _single_states(runner: _Runner, encs: list[Encoded], masks: list[list[list[int]]],
+                   reads_of: list[list[list[int]]], token_budget: int) -> tuple[torch.Tensor, list[list[int]]]:
+    """The hidden states of every unit's read tokens with that unit alone masked, x\\{i}: (base
+    (slots, nL, D), slot_of[s][i] = the first row of unit i of sentence s in base)."""
+    singles = [(s, i) for s, e in enumerate(encs) for i in range(e.n)]
+    slot_of = [[0] * e.n for e in encs]
+    chunks, next_slot = [], 0
+    for batch in pack_batches([runner.lengths[s] for s, _ in singles], token_budget):
+        sents, masked, reads = [], [], []
+        for k in batch:
+            s, i = singles[k]
+            sents.append(s)
+            masked.append(masks[s][i])
+            reads.append(reads_of[s][i])
+            slot_of[s][i] = next_slot
+            next_slot += len(reads_of[s][i])
+        chunks.append(runner.run(sents, masked, reads))
+    return torch.cat(chunks), slot_of
+
+
 def impact_matrices(model, tokenizer, sentences: list[list[str]] | list[Encoded],
                     options: ImpactOptions | None = None) -> list[np.ndarray]:
     """Impact matrices of many sentences, batched across sentences.
@@ -285,20 +305,7 @@ def impact_matrices(model, tokenizer, sentences: list[list[str]] | list[Encoded]
     reads_of = [[_positions(sp, sub) for sp in e.spans] for e in encs]
     with torch.inference_mode():
         # 1. Singles x\{i}: the base states of every unit's read tokens.
-        singles = [(s, i) for s, e in enumerate(encs) for i in range(e.n)]
-        slot_of = [[0] * e.n for e in encs]              # [s][i] -> first row of its reads in `base`
-        chunks, next_slot = [], 0
-        for batch in pack_batches([runner.lengths[s] for s, _ in singles], options.token_budget):
-            sents, masked, reads = [], [], []
-            for k in batch:
-                s, i = singles[k]
-                sents.append(s)
-                masked.append(masks[s][i])
-                reads.append(reads_of[s][i])
-                slot_of[s][i] = next_slot
-                next_slot += len(reads_of[s][i])
-            chunks.append(runner.run(sents, masked, reads))
-        base = torch.cat(chunks)                                                 # (slots, nL, D)
+        base, slot_of = _single_states(runner, encs, masks, reads_of, options.token_budget)
 
         # 2. Pairs x\{i,j}, i < j: read unit i (-> F[i][j]) and unit j (-> F[j][i]).
         if options.pairs == "all":
