@@ -4,9 +4,12 @@
                       [--attribution-model DIR|URI] [--parser-model DIR|URI]
                       [--host 127.0.0.1] [--port 8000] [--address RAY_ADDRESS] [--ready-timeout 60]
 
-`bert4ray serve` runs this module. CONFIG is a Serve config file (serving/config.yaml) and is
-deployed exactly as `serve run CONFIG` deploys it (its `deployments:`, `runtime_env` and
-`logging_config` included); the flags override its first application's args and its http_options.
+The model flags are the registered capabilities' arguments (serving/registry.py): a capability
+added there has its flag here, and `bert4ray serve`, which runs this module, forwards it.
+
+CONFIG is a Serve config file (serving/config.yaml) and is deployed exactly as `serve run CONFIG`
+deploys it (its `deployments:`, `runtime_env` and `logging_config` included); the flags override
+its first application's args and its http_options.
 Without CONFIG, the flags make a config of one application, `serving.app:build_app`.
 
 Exit codes: 0 after Ctrl-C / SIGTERM; 2 for input that is wrong before anything starts (a missing
@@ -23,18 +26,15 @@ import sys
 import threading
 
 from serving.checks import InputError, prepare_config
-
-APP_FLAGS = ("model", "index", "chat_model", "attribution_model", "parser_model")
+from serving.registry import PLUGINS_ENV, app_args
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m serving", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m serving", description=__doc__.splitlines()[0],
+                                epilog=f"More capabilities: name their modules in {PLUGINS_ENV} (see serving/registry.py).")
     p.add_argument("config", nargs="?", help="Serve config YAML (deployed as `serve run` deploys it)")
-    p.add_argument("--model", help="SimBERT model directory or MLflow model URI")
-    p.add_argument("--index", help="index directory built by `bert4ray index`")
-    p.add_argument("--chat-model", help="dialogue model directory or MLflow model URI")
-    p.add_argument("--attribution-model", help="classifier (classify task) for /v1/attribute")
-    p.add_argument("--parser-model", help="masked LM (mlm task) for /v1/segment and /v1/parse")
+    for arg in app_args():
+        p.add_argument(arg.flag, help=arg.help)
     p.add_argument("--host", default=None, help="bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=None, help="port (default 8000)")
     p.add_argument("--address", default=os.environ.get("RAY_ADDRESS"), help="Ray cluster to join")
@@ -82,7 +82,7 @@ def _deploy(config) -> list[str]:
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
-        config = prepare_config(args.config, {k: getattr(args, k) for k in APP_FLAGS},
+        config = prepare_config(args.config, {a.name: getattr(args, a.name) for a in app_args()},
                                 host=args.host, port=args.port)
     except InputError as exc:
         print(f"bert4ray serve: error: {exc}", file=sys.stderr)

@@ -5,8 +5,10 @@
     serve run serving/config.yaml                               # the shipped Serve config (also `serve deploy`)
     bert4ray serve --model DIR --index DIR                      # the same, with clean start and stop
 
-`model`, `chat_model`, `attribution_model` and `parser_model` accept a model directory or an MLflow model URI
-(`models:/name/1`, `models:/name@alias`, `runs:/<id>/model`).
+The model arguments (`model`, `chat_model`, `attribution_model`, `parser_model`) accept a model
+directory or an MLflow model URI (`models:/name/1`, `models:/name@alias`, `runs:/<id>/model`).
+Which arguments there are, and which deployments they start, comes from the capability registry
+(serving/registry.py).
 """
 
 from __future__ import annotations
@@ -14,35 +16,16 @@ from __future__ import annotations
 import os
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 from ray.serve import Application
 
-from serving.deployments import (
-    AttributorDeployment,
-    ChatDeployment,
-    GeneratorDeployment,
-    ParserDeployment,
-    RetrieverDeployment,
-)
+from serving.deployments import Batching
 from serving.ingress import Ingress
+from serving.registry import app_args, capabilities, enabled, enabling_args
 from serving.resources import INGRESS_CPUS
 from serving.schemas import Limits
 
-
-class Batching(BaseModel):
-    """The ingress sends a model deployment the requests that arrive together in one call (at most
-    two calls per replica outstanding; what arrives meanwhile leaves with the next), and the model
-    computes them together."""
-    model_config = ConfigDict(extra="forbid")
-    enabled: bool = True
-    """false: every request is a call and a model batch of its own."""
-    max_batch_size: int = Field(16, ge=1, le=256)
-    """Requests per call and per model batch."""
-    batch_wait_timeout_s: float = Field(0.005, ge=0, le=1)
-    """How long a request waits for others to join it when the model is free."""
-
-
-DEPLOYMENTS = ("retriever", "generator", "chat", "attributor", "parser")
+DEPLOYMENTS = tuple(c.name for c in capabilities())
 DEVICE_PATTERN = r"^(cpu|auto|cuda(:\d+)?)$"
 Dtype = Literal["float32", "bfloat16", "float16"]
 
@@ -103,25 +86,26 @@ class Scaling(BaseModel):
         return self
 
 
-class AppArgs(BaseModel):
-    """Typed arguments of the application builder (also the `args:` of serving/config.yaml)."""
-    model_config = ConfigDict(extra="forbid")
-    model: str | None = None
-    """SimBERT model (generation, retrieval, embeddings): directory or MLflow URI."""
-    index: str | None = None
-    """Index directory built by `bert4ray index` with the same model."""
-    chat_model: str | None = None
-    """Dialogue LM for /v1/chat/completions."""
-    attribution_model: str | None = None
-    """Classifier (classify task) for /v1/attribute."""
-    parser_model: str | None = None
-    """Masked LM (mlm task) for /v1/segment and /v1/parse (Perturbed Masking)."""
+class _SharedArgs(BaseModel):
+    """The builder's arguments that every capability shares."""
     max_length: int = Field(64, ge=8, le=512)
     limits: Limits = Field(default_factory=Limits)
     batching: Batching = Field(default_factory=Batching)
     scaling: Scaling = Field(default_factory=Scaling)
     api_key_env: str = "BERT4RAY_API_KEY"
     """Name of the environment variable that holds the API key; unset variable = no key required."""
+
+
+def _app_args_model() -> type[BaseModel]:
+    """AppArgs: each registered capability's arguments (unset by default), then the shared ones."""
+    own = {arg.name: (str | None, Field(None, description=arg.help)) for arg in app_args()}
+    shared = {name: (info.annotation, info) for name, info in _SharedArgs.model_fields.items()}
+    return create_model("AppArgs", __config__=ConfigDict(extra="forbid"), __module__=__name__,
+                        __doc__="Typed arguments of the application builder (also the `args:` of "
+                                "serving/config.yaml).", **own, **shared)
+
+
+AppArgs = _app_args_model()
 
 
 def _options(scaling: Scaling) -> dict:
@@ -141,9 +125,7 @@ def _max_replicas(scaling: Scaling) -> int:
 
 def model_deployments(args: AppArgs) -> list[str]:
     """The model deployments that `args` asks for, by name."""
-    names = ["retriever", "generator"] if args.model else []
-    return names + [name for name, given in (("chat", args.chat_model), ("attributor", args.attribution_model),
-                                             ("parser", args.parser_model)) if given]
+    return [c.name for c in enabled(args)]
 
 
 def cpus_per_replica(args: AppArgs) -> dict[str, float]:
@@ -172,31 +154,27 @@ def _placed(args: AppArgs, name: str) -> dict:
     return {"device": p.device, "dtype": p.dtype}
 
 
+def _check_given(args: AppArgs) -> None:
+    if not enabled(args):
+        *first, last = enabling_args()
+        raise ValueError(f"nothing to serve: give {', '.join(first)} and/or {last}" if first
+                         else f"nothing to serve: give {last}")
+    for arg in app_args():
+        if arg.requires and getattr(args, arg.name) and not getattr(args, arg.requires):
+            raise ValueError(f"{arg.requires_why}: give {arg.requires} as well")
+
+
 def build_app(args: dict | AppArgs) -> Application:
     args = args if isinstance(args, AppArgs) else AppArgs(**args)
-    if not (args.model or args.chat_model or args.attribution_model or args.parser_model):
-        raise ValueError("nothing to serve: give model (SimBERT), chat_model, attribution_model and/or parser_model")
-    if args.index and not args.model:
-        raise ValueError("an index needs the model that built it: give model as well")
+    _check_given(args)
     cpus = cpus_per_replica(args)
-
-    def opts(name: str) -> dict:
-        return {**_options(args.scaling), "ray_actor_options": _actor_options(args, name, cpus[name])}
     batching = args.batching.model_dump()
     bound = {}
-    if args.model:
-        bound["retriever"] = RetrieverDeployment.options(**opts("retriever")).bind(
-            args.model, args.index, batching, args.max_length, **_placed(args, "retriever"))
-        bound["generator"] = GeneratorDeployment.options(**opts("generator")).bind(
-            args.model, batching, args.max_length, **_placed(args, "generator"))
-    if args.chat_model:
-        bound["chat"] = ChatDeployment.options(**opts("chat")).bind(args.chat_model, **_placed(args, "chat"))
-    if args.attribution_model:
-        bound["attributor"] = AttributorDeployment.options(**opts("attributor")).bind(
-            args.attribution_model, batching, **_placed(args, "attributor"))
-    if args.parser_model:
-        bound["parser"] = ParserDeployment.options(**opts("parser")).bind(
-            args.parser_model, batching, **_placed(args, "parser"))
+    for capability in enabled(args):
+        name = capability.name
+        options = {**_options(args.scaling), "ray_actor_options": _actor_options(args, name, cpus[name])}
+        bound[name] = capability.deployment.options(**options).bind(*capability.bind_args(args, batching),
+                                                                    **_placed(args, name))
     # The key travels from the environment of the process that builds the app (serve run,
     # bert4ray serve) to the ingress replicas, never through a config file.
     env = {args.api_key_env: os.environ[args.api_key_env]} if os.environ.get(args.api_key_env) else {}
@@ -213,9 +191,9 @@ def _env_args() -> dict:
     index = os.environ.get("BERT4RAY_INDEX", os.path.join(root, "index"))
     if index and os.path.isdir(index):
         args["index"] = index
-    for key in ("chat_model", "attribution_model", "parser_model"):
-        if os.environ.get(f"BERT4RAY_{key.upper()}"):
-            args[key] = os.environ[f"BERT4RAY_{key.upper()}"]
+    for arg in app_args():          # BERT4RAY_CHAT_MODEL, ...; model and index have defaults above
+        if arg.name not in ("model", "index") and os.environ.get(f"BERT4RAY_{arg.name.upper()}"):
+            args[arg.name] = os.environ[f"BERT4RAY_{arg.name.upper()}"]
     return args
 
 

@@ -6,7 +6,6 @@ is retried inside the cluster; here it is one line and exit code 2 before anythi
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -17,7 +16,6 @@ from components import objectstore
 from serving.model_store import MLFLOW_SCHEMES, resolve_model
 
 BUILDER = "serving.app:build_app"
-MODEL_ARGS = ("model", "chat_model", "attribution_model", "parser_model")
 
 
 class InputError(ValueError):
@@ -44,37 +42,50 @@ def _load(path: str | None) -> dict:
     return config
 
 
-def _is_local(reference: str) -> bool:
+def is_local(reference: str) -> bool:
     return not str(reference).startswith(MLFLOW_SCHEMES) and "://" not in str(reference)
 
 
 def check_app_args(args: dict) -> dict:
     """Validate the builder's arguments; local model and index paths must exist, be what they
-    claim, and are made absolute (replicas do not share this process's working directory)."""
+    claim, and are made absolute (replicas do not share this process's working directory). Each
+    capability's arguments are checked as it declares (serving/registry.py)."""
     from serving.app import AppArgs
+    from serving.registry import app_args, enabling_args
 
     try:
         typed = AppArgs(**args)
     except ValidationError as exc:
         raise InputError(_first_error(exc, "application args")) from None
-    if not any(getattr(typed, key) for key in MODEL_ARGS):
-        raise InputError("nothing to serve: give --model (SimBERT), --chat-model, --attribution-model "
-                         "or --parser-model (or model: ... in the config's args)")
+    given = enabling_args()
+    if not any(getattr(typed, name) for name in given):
+        *first, last = [_flag(name) for name in given]
+        raise InputError(f"nothing to serve: give {', '.join(first) + ' or ' if first else ''}{last} "
+                         f"(or {given[0]}: ... in the config's args)")
     out = dict(args)
-    for key in MODEL_ARGS:
-        value = getattr(typed, key)
-        if value and _is_local(value):
-            try:
-                out[key] = str(resolve_model(value).resolve())
-            except (FileNotFoundError, ValueError) as exc:
-                raise InputError(f"{key.replace('_', '-')}: {exc}") from None
-        elif value and objectstore.is_remote(value) and not str(value).startswith(MLFLOW_SCHEMES):
-            _check_bucket_model(key, value)
-    if typed.index:
-        if not typed.model:
-            raise InputError("an index needs the model that built it: give --model as well")
-        out["index"] = _check_index(typed.index, out["model"])
+    for arg in app_args():
+        value = getattr(typed, arg.name)
+        if not value:
+            continue
+        if arg.requires and not getattr(typed, arg.requires):
+            raise InputError(f"{arg.requires_why}: give {_flag(arg.requires)} as well")
+        out[arg.name] = arg.check(value, out) if arg.check else _check_model(arg.name, value)
     return out
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _check_model(key: str, value: str) -> str:
+    if is_local(value):
+        try:
+            return str(resolve_model(value).resolve())
+        except (FileNotFoundError, ValueError) as exc:
+            raise InputError(f"{key.replace('_', '-')}: {exc}") from None
+    if objectstore.is_remote(value) and not str(value).startswith(MLFLOW_SCHEMES):
+        _check_bucket_model(key, value)
+    return value
 
 
 def _check_bucket_model(key: str, uri: str) -> None:
@@ -90,22 +101,6 @@ def _check_bucket_model(key: str, uri: str) -> None:
         raise InputError(f"{key.replace('_', '-')}: {exc}") from None
 
 
-def _check_index(index: str, model: str) -> str:
-    from components.weights import model_fingerprint
-
-    meta = Path(index) / "index.json"
-    if not meta.is_file():
-        raise InputError(f"index: '{index}' is not an index directory (no index.json)")
-    try:
-        built_with = str(json.loads(meta.read_text(encoding="utf-8"))["model_fingerprint"])
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise InputError(f"index: {meta}: damaged index metadata ({exc})") from None
-    if _is_local(model) and built_with != (ours := model_fingerprint(model)):
-        raise InputError(f"index: '{index}' was built with another model (fingerprint {built_with[:12]}, "
-                         f"the model is {ours[:12]}); rebuild it with `bert4ray index`")
-    return str(Path(index).resolve())
-
-
 def _carry_api_key(app: dict) -> None:
     """The builder runs inside the cluster, so the key this process holds travels in the
     application's runtime_env (never through the config file)."""
@@ -115,6 +110,16 @@ def _carry_api_key(app: dict) -> None:
     if os.environ.get(name):
         env = app.setdefault("runtime_env", {}).setdefault("env_vars", {})
         env.setdefault(name, os.environ[name])
+
+
+def _carry_capability_modules(app: dict) -> None:
+    """Capabilities added through BERT4RAY_CAPABILITIES are imported where the app is built and
+    where its replicas run, on whatever node: the variable goes with the application."""
+    from serving.registry import PLUGINS_ENV
+
+    if os.environ.get(PLUGINS_ENV):
+        env = app.setdefault("runtime_env", {}).setdefault("env_vars", {})
+        env.setdefault(PLUGINS_ENV, os.environ[PLUGINS_ENV])
 
 
 def prepare_config(path: str | None, flags: dict, host: str | None = None, port: int | None = None):
@@ -132,6 +137,7 @@ def prepare_config(path: str | None, flags: dict, host: str | None = None, port:
         if app.get("import_path") == BUILDER:
             app["args"] = check_app_args(app.get("args") or {})
             _carry_api_key(app)
+            _carry_capability_modules(app)
     try:
         return ServeDeploySchema.model_validate(config)
     except ValidationError as exc:

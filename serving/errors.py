@@ -3,9 +3,10 @@
 fails validation or a limit, 401 without the API key, 404 for an unknown route, model or missing
 capability). `code` is bert4ray's stable, machine-readable reason; `type` follows from the status.
 
-One convention from the models to the client: a capability class or deployment answers a client
-mistake in a request with `{"error": message}` in that request's place (a batch must not fail for
-one request); the ingress turns it into an ApiError (`raise_for_error`), and the ApiError, the
+One convention from the models to the client: a deployment answers a request it cannot serve (a
+client's mistake, or something the server was not started with) with the ApiError the client
+gets: in that request's place among a batch's answers (a batch must not fail for one request), or
+raised by a single-request method. The ingress raises it as it is, and the ApiError, the
 validation handler and the middleware all write the same body (`error_body`). Nothing a client
 sends can produce a 500 or stall a replica."""
 
@@ -42,6 +43,15 @@ class ApiError(Exception):
         super().__init__(message)
         self.status, self.code, self.message, self.param = status, code, message, param
 
+    def __reduce__(self):
+        # Deployments send it to the ingress: pickle every field, not only the message.
+        return ApiError, (self.status, self.code, self.message, self.param)
+
+
+def invalid_request(message: str, param: str | None = None) -> ApiError:
+    """A request the model rejects (e.g. decoding settings the decoder refuses): 400."""
+    return ApiError(400, "invalid_request", message, param)
+
 
 def error_response(status: int, code: str, message: str, param: str | None = None) -> JSONResponse:
     return JSONResponse(status_code=status, content=error_body(status, code, message, param))
@@ -51,13 +61,6 @@ def limit(ok: bool, message: str, param: str | None = None) -> None:
     """A per-request bound (Limits): 400, as OpenAI answers an input beyond a model's limits."""
     if not ok:
         raise ApiError(400, "limit_exceeded", message, param)
-
-
-def raise_for_error(answer, param: str | None = None):
-    """A deployment's answer to one request, or the ApiError for its `{"error": message}`."""
-    if isinstance(answer, dict) and set(answer) == {"error"}:
-        raise ApiError(400, "invalid_request", answer["error"], param)
-    return answer
 
 
 def _where(err: dict) -> str | None:

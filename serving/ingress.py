@@ -1,33 +1,30 @@
-"""The one FastAPI ingress: routes, limits, timeouts and errors; composes the capability
-deployments through DeploymentHandles. Routes whose capability is not deployed answer 404 with
-the usual error body. The OpenAI-compatible routes live in serving/openai_routes.py."""
+"""The one FastAPI ingress: routes, limits, timeouts and errors; composes the model deployments
+through DeploymentHandles. Its own routes are /healthz, /v1/models and the demo page; every
+capability's routes are mixed in from its module (serving/capabilities/, the registry in
+serving/registry.py). Routes whose capability is not deployed answer 404 with the usual error body.
+
+What a capability's routes may use of the ingress: `self.limits` (Limits), `self._text(field,
+text)` (the text length limit), `self._batched(capability, what, method, request)` (one request's
+answer from a `*_many` method, batched with the requests around it), `self._handle(capability,
+what)` and `self._call(response)` (any other deployment call, with the timeout), and
+`self._model(capability, what, requested)` (the deployment's /v1/models info). A deployment's
+answer that is an ApiError is raised (serving/errors.py)."""
 
 
 import asyncio
 import time
 from importlib import resources
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.responses import HTMLResponse
 from ray import serve
-from ray.exceptions import RayActorError
+from ray.exceptions import RayActorError, RayTaskError
 
 from serving.coalescer import Coalescer
-from serving.errors import ApiError, GuardMiddleware, install_error_handlers, limit, raise_for_error
-from serving.openai_routes import OpenAIRoutes, router
-from serving.schemas import (
-    AttributeRequest,
-    AttributeResponse,
-    Limits,
-    ParseRequest,
-    ParseResponse,
-    SearchRequest,
-    SearchResponse,
-    SegmentRequest,
-    SegmentResponse,
-    SimilarRequest,
-    SimilarResponse,
-)
+from serving.deployments import Batching
+from serving.errors import ApiError, GuardMiddleware, install_error_handlers, limit
+from serving.registry import capabilities
+from serving.schemas import Limits
 
 
 class _Settings:
@@ -50,7 +47,6 @@ class _LazyGuard:
 api = FastAPI(title="bert4ray", version="0.1.0",
               description="SimBERT paraphrases and retrieval, embeddings, dialogue, attribution and parsing.")
 api.add_middleware(_LazyGuard)
-api.include_router(router)
 install_error_handlers(api)
 
 
@@ -58,27 +54,33 @@ async def _await(response):
     return await response
 
 
-@serve.deployment(name="ingress", graceful_shutdown_wait_loop_s=0.5, graceful_shutdown_timeout_s=5)
-@serve.ingress(api)
-class Ingress(OpenAIRoutes):
-    def __init__(self, limits: dict | None = None, api_key_env: str = "BERT4RAY_API_KEY", retriever=None,
-                 generator=None, chat=None, attributor=None, parser=None, extra: dict | None = None,
-                 batching: dict | None = None, inflight_calls: int = 2):
-        """inflight_calls: calls to one model method outstanding at once (build_app: two per model
+def _raise_errors(answer):
+    """A deployment's answer to one request, or the ApiError it answered with, raised."""
+    if isinstance(answer, ApiError):
+        raise answer
+    return answer
+
+
+class IngressBase:
+    def __init__(self, limits: dict | None = None, api_key_env: str = "BERT4RAY_API_KEY",
+                 batching: dict | None = None, inflight_calls: int = 2, **deployments):
+        """deployments: a handle per deployed capability, by its name (absent: not deployed).
+        inflight_calls: calls to one model method outstanding at once (build_app: two per model
         replica, so that a replica has its next batch queued while it computes one)."""
+        names = [c.name for c in capabilities()]
+        if unknown := sorted(set(deployments) - set(names)):
+            raise TypeError(f"no capability named {', '.join(unknown)} (registered: {', '.join(names)})")
         self.limits = Limits(**(limits or {}))
         _Settings.limits, _Settings.api_key_env = self.limits, api_key_env
-        self.handles = {"retriever": retriever, "generator": generator, "chat": chat, "attributor": attributor,
-                        "parser": parser, **(extra or {})}
-        batching = batching or {}
-        self.batching = {"max_batch_size": batching.get("max_batch_size", 16),
-                         "wait_s": batching.get("batch_wait_timeout_s", 0.005),
-                         "inflight": inflight_calls} if batching.get("enabled", True) else None
+        self.handles = {name: deployments.get(name) for name in names}
+        settings = Batching(**(batching or {}))
+        self.batching = {"max_batch_size": settings.max_batch_size, "wait_s": settings.batch_wait_timeout_s,
+                         "inflight": inflight_calls} if settings.enabled else None
         self.coalescers: dict[tuple[str, str], Coalescer] = {}
         self.model_infos: dict[str, dict] = {}          # capability -> its deployment's info, once asked
         self.started = int(time.time())
 
-    # --- helpers ----------------------------------------------------------------------------
+    # --- helpers for the routes -------------------------------------------------------------
     def _handle(self, name: str, what: str):
         handle = self.handles.get(name)
         if handle is None:
@@ -99,6 +101,10 @@ class Ingress(OpenAIRoutes):
             # to retry, in the usual error body, rather than a bare 500.
             raise ApiError(503, "unavailable", "the model replica handling this request stopped; "
                                                "retry shortly") from None
+        except RayTaskError as exc:
+            if isinstance(exc.cause, ApiError):        # raised by a deployment for the client
+                raise exc.cause from None
+            raise
 
     async def _batched(self, name: str, what: str, method: str, request):
         """One request's answer from `method` of deployment `name` (a `*_many` method: a list of
@@ -106,12 +112,12 @@ class Ingress(OpenAIRoutes):
         that arrive with it; off, in a call of its own, as many at once as the clients send."""
         remote = getattr(self._handle(name, what), method)
         if self.batching is None:
-            return (await self._call(remote.remote([request])))[0]
+            return _raise_errors((await self._call(remote.remote([request])))[0])
         if (name, method) not in self.coalescers:        # created in the replica's event loop
             async def send(items: list) -> list:
                 return await self._call(remote.remote(items))
             self.coalescers[(name, method)] = Coalescer(send, **self.batching)
-        try:          # the time queued for a free call counts too
+        try:          # the time queued for a free call counts too; an ApiError answer is raised
             return await asyncio.wait_for(self.coalescers[(name, method)].submit(request), self.limits.timeout_s)
         except TimeoutError:
             raise self._timeout() from None
@@ -119,6 +125,18 @@ class Ingress(OpenAIRoutes):
     def _text(self, field: str, text: str) -> None:
         limit(len(text) <= self.limits.max_text_chars,
               f"{field} has {len(text)} characters; the limit is {self.limits.max_text_chars}", field)
+
+    async def _model(self, capability: str, what: str, requested: str | None) -> dict:
+        """The info of the deployment behind `capability` (cached: it does not change while the
+        app runs), after checking that a requested model name is its id or the capability."""
+        handle = self._handle(capability, what)
+        if capability not in self.model_infos:
+            self.model_infos[capability] = await self._call(handle.info.remote())
+        info = self.model_infos[capability]
+        if requested is not None and requested not in (info["id"], capability):
+            raise ApiError(404, "model_not_found", f"model '{requested}' is not served here; {what} are served by "
+                           f"'{info['id']}' (or say '{capability}'; GET /v1/models lists the models)", "model")
+        return info
 
     # --- routes -----------------------------------------------------------------------------
     @api.get("/healthz")
@@ -141,56 +159,16 @@ class Ingress(OpenAIRoutes):
         page = resources.files("serving").joinpath("static/index.html").read_text(encoding="utf-8")
         return HTMLResponse(page)
 
-    @api.post("/v1/similar", response_model=SimilarResponse)
-    async def similar(self, req: SimilarRequest) -> dict:
-        self._text("text", req.text)
-        limit(req.n <= self.limits.max_n, f"n={req.n} exceeds the limit of {self.limits.max_n}", "n")
-        limit(req.k <= self.limits.max_k, f"k={req.k} exceeds the limit of {self.limits.max_k}", "k")
-        steps = req.decoding.max_new_tokens or self.limits.max_new_tokens
-        limit(steps <= self.limits.max_new_tokens,
-              f"decoding.max_new_tokens={steps} exceeds the limit of {self.limits.max_new_tokens}",
-              "decoding.max_new_tokens")
-        limit(req.decoding.min_new_tokens <= steps,
-              f"decoding.min_new_tokens={req.decoding.min_new_tokens} exceeds max_new_tokens={steps}",
-              "decoding.min_new_tokens")
-        item = req.model_dump()
-        item["decoding"]["max_new_tokens"] = steps
-        out = await self._batched("generator", "paraphrase generation", "similar_many", item)
-        return {"candidates": raise_for_error(out, "decoding")}
 
-    @api.post("/v1/search", response_model=SearchResponse)
-    async def search(self, req: SearchRequest) -> dict:
-        self._text("query", req.query)
-        limit(req.k <= self.limits.max_k, f"k={req.k} exceeds the limit of {self.limits.max_k}", "k")
-        # A replica without an index answers with LookupError, rather than every request paying an
-        # extra round trip to ask first.
-        try:
-            hits = await self._batched("retriever", "search", "search_many", (req.query, req.k))
-        except LookupError:
-            raise ApiError(404, "no_index", "no index is loaded: start the server with --index DIR") from None
-        return {"hits": hits}
+def _ingress_class() -> type:
+    """The ingress with every registered capability's routes mixed in."""
+    mixins = []
+    for capability in capabilities():
+        if capability.routes is not None:
+            api.include_router(capability.router)
+            mixins.append(capability.routes)
+    return type("Ingress", (*mixins, IngressBase), {"__module__": __name__, "__doc__": __doc__})
 
-    @api.post("/v1/attribute", response_model=AttributeResponse,
-              responses={200: {"content": {"text/html": {}}, "description": "JSON, or the heat map for Accept: text/html"}})
-    async def attribute(self, req: AttributeRequest, request: Request):
-        self._text("text", req.text)
-        limit(req.steps <= self.limits.max_steps, f"steps={req.steps} exceeds the limit of {self.limits.max_steps}",
-              "steps")
-        out = raise_for_error(await self._batched("attributor", "attribution", "attribute_many", req.model_dump()))
-        accept = request.headers.get("accept", "")
-        if "text/html" in accept and "application/json" not in accept:
-            from components.attribution import Attribution
-            from components.attribution_html import render_html
-            return HTMLResponse(render_html(Attribution(**out)))
-        return {"label": out["label"], "prob": out["prob"], "target": out["target_label"], "tokens": out["tokens"],
-                "scores": out["scores"], "norms": out["norms"], "delta": out["delta"]}
 
-    @api.post("/v1/segment", response_model=SegmentResponse)
-    async def segment(self, req: SegmentRequest) -> dict:
-        self._text("text", req.text)
-        return {"words": await self._batched("parser", "segmentation", "segment_many", req.text)}
-
-    @api.post("/v1/parse", response_model=ParseResponse)
-    async def parse(self, req: ParseRequest) -> dict:
-        self._text("text", req.text)
-        return raise_for_error(await self._batched("parser", "parsing", "parse_many", req.model_dump()))
+Ingress = serve.deployment(name="ingress", graceful_shutdown_wait_loop_s=0.5, graceful_shutdown_timeout_s=5)(
+    serve.ingress(api)(_ingress_class()))

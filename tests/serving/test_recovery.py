@@ -110,7 +110,7 @@ def recovery_app(serve_instance, simbert_dir):
     dead replica quickly."""
     from ray import serve
 
-    from serving.deployments import RetrieverDeployment
+    from serving.capabilities.retriever import RetrieverDeployment
     from serving.ingress import Ingress
     from tests.serving.conftest import wait_ready
 

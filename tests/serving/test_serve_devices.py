@@ -12,13 +12,11 @@ import torch
 
 from components.index import VectorIndex
 from serving.app import AppArgs, cpus_per_replica
+from serving.capabilities.attributor import AttributorDeployment
+from serving.capabilities.generator import GeneratorDeployment
+from serving.capabilities.parser import ParserDeployment
+from serving.capabilities.retriever import RetrieverDeployment
 from serving.chat import Chatbot
-from serving.deployments import (
-    AttributorDeployment,
-    GeneratorDeployment,
-    ParserDeployment,
-    RetrieverDeployment,
-)
 from serving.generator import Generator
 from serving.parser import Parser
 from serving.retriever import Retriever
@@ -57,10 +55,10 @@ def test_deployment_classes_pass_device_and_dtype(simbert_dir, tiny_model_dir):
     mlm = tiny_model_dir("mlm")
     clf = tiny_model_dir("clf", num_labels=2)
     batching = {"enabled": True, "max_batch_size": 4}
-    built = [RetrieverDeployment.func_or_class(str(simbert_dir), None, batching, dtype="bfloat16").retriever.encoder,
-             GeneratorDeployment.func_or_class(str(simbert_dir), batching, dtype="bfloat16").generator.simbert,
+    built = [RetrieverDeployment.func_or_class(str(simbert_dir), None, batching, dtype="bfloat16").model.encoder,
+             GeneratorDeployment.func_or_class(str(simbert_dir), batching, dtype="bfloat16").model.simbert,
              AttributorDeployment.func_or_class(str(clf), batching, device="cpu", dtype="bfloat16").attributor,
-             ParserDeployment.func_or_class(str(mlm), batching, dtype="bfloat16").parser.prober]
+             ParserDeployment.func_or_class(str(mlm), batching, dtype="bfloat16").model.prober]
     for holder in built:
         assert holder.model.dtype == torch.bfloat16 and holder.model.device == torch.device("cpu")
 

@@ -1,67 +1,41 @@
-"""The OpenAI-compatible routes of the ingress: /v1/embeddings and /v1/chat/completions, in the
-shapes of OpenAI's API as the official SDKs send and parse them (the SDK's default base64
-embeddings, stop sequences, n choices, streamed usage). Mixed into the Ingress deployment, whose
-helpers (`_handle`, `_call`, `_batched`, `_text`, `limits`) they use."""
+"""Multi-turn chat with a dialogue LM (--chat-model): POST /v1/chat/completions in the shape of
+OpenAI's API as the official SDKs send and parse it (stop sequences, n choices, streamed usage)."""
 
 from __future__ import annotations
 
-import asyncio
-import base64
 import json
-import struct
 import time
 import uuid
 
 from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 
+from serving.deployments import ModelDeployment, model_deployment
 from serving.errors import ApiError, error_body, limit
-from serving.schemas import ChatRequest, EmbeddingsRequest, EmbeddingsResponse
+from serving.model_store import resolve_model
+from serving.registry import AppArg, Capability, register
+from serving.schemas import ChatRequest
+
+
+@model_deployment("chat")
+class ChatDeployment(ModelDeployment):
+    def __init__(self, model: str, max_length: int = 256, device: str | None = None, dtype: str | None = None):
+        from serving.chat import Chatbot
+
+        self.model = Chatbot(resolve_model(model), max_length=max_length, device=device, dtype=dtype)
+
+    def complete(self, request: dict) -> dict:
+        return self.model.complete(request)
+
+    def stream(self, request: dict):
+        """Yields text deltas, then a final dict with the finish reason (a streaming handle call)."""
+        yield from self.model.stream(request)
+
 
 router = APIRouter()
 
 
-def as_base64(vector: list[float]) -> str:
-    """Little-endian float32 bytes, base64: what the openai SDK decodes (numpy's float32 or
-    array('f')) back into the same float32 values."""
-    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode("ascii")
-
-
-class OpenAIRoutes:
-    async def _model(self, capability: str, what: str, requested: str | None) -> dict:
-        """The info of the deployment behind `capability` (cached: it does not change while the
-        app runs), after checking that a requested model name is its id or the capability."""
-        handle = self._handle(capability, what)
-        if capability not in self.model_infos:
-            self.model_infos[capability] = await self._call(handle.info.remote())
-        info = self.model_infos[capability]
-        if requested is not None and requested not in (info["id"], capability):
-            raise ApiError(404, "model_not_found", f"model '{requested}' is not served here; {what} are served by "
-                           f"'{info['id']}' (or say '{capability}'; GET /v1/models lists the models)", "model")
-        return info
-
-    @router.post("/v1/embeddings", response_model=EmbeddingsResponse)
-    async def embeddings(self, req: EmbeddingsRequest) -> dict:
-        texts = [req.input] if isinstance(req.input, str) else req.input
-        limit(len(texts) <= self.limits.max_batch_inputs,
-              f"{len(texts)} inputs exceed the limit of {self.limits.max_batch_inputs}", "input")
-        for i, text in enumerate(texts):
-            self._text(f"input.{i}", text)
-        info = await self._model("retriever", "embeddings", req.model)
-        size = info["dimensions"]
-        if req.dimensions is not None and req.dimensions != size:
-            # The vectors are not trained to keep their meaning when cut (not Matryoshka): no truncation.
-            why = "exceeds the model's" if req.dimensions > size else "is not the model's; its vectors cannot be cut to"
-            raise ApiError(400, "invalid_request", f"dimensions={req.dimensions} {why} {size} dimensions "
-                           f"(omit dimensions or send {size})", "dimensions")
-        outs = await asyncio.gather(*(self._batched("retriever", "embeddings", "embed_many", t) for t in texts))
-        encode = as_base64 if req.encoding_format == "base64" else list
-        tokens = sum(out["tokens"] for out in outs)
-        return {"object": "list", "model": req.model or info["id"],
-                "data": [{"object": "embedding", "index": i, "embedding": encode(out["embedding"])}
-                         for i, out in enumerate(outs)],
-                "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
-
+class ChatRoutes:
     def _chat_item(self, req: ChatRequest) -> dict:
         """The request as the chat deployment takes it, within the limits."""
         limit(len(req.messages) <= self.limits.max_turns,
@@ -133,3 +107,10 @@ async def chat_events(stream, head: dict, include_usage: bool):
     except Exception as exc:  # noqa: BLE001 - the stream has started; report in-band
         yield _sse(error_body(500, "generation_failed", (str(exc).splitlines() or [repr(exc)])[0][:200]))
     yield "data: [DONE]\n\n"
+
+
+register(Capability(
+    name="chat", deployment=ChatDeployment, enabled_by="chat_model",
+    args=(AppArg("chat_model", "dialogue model directory or MLflow model URI"),),
+    bind_args=lambda args, batching: (args.chat_model,),
+    routes=ChatRoutes, router=router))
