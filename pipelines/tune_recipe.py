@@ -231,81 +231,122 @@ def space_params(recipe: TuneRecipe) -> list[Param]:
 
 
 def check_tune_recipe(r: TuneRecipe) -> None:
-    from components.decoding import DecodingConfig
+    """Every section's values; the first problem raises a RecipeError that names its key."""
+    _check_choices(r)
+    params = space_params(r)
+    _check_base(r)
+    if r.mode == "decoding":
+        _check_decoding_search(r, params)
+    else:
+        _check_training_search(r, params)
+    _check_dev(r)
+    _check_search(r)
+    _check_scheduler(r)
 
+
+def _check_choices(r: TuneRecipe) -> None:
     _choice("mode", r.mode, MODES)
     _choice("objective.mode", r.objective.mode, ("auto", "max", "min"))
     _choice("search.searcher", r.search.searcher, SEARCHERS)
     _choice("scheduler.name", r.scheduler.name, SCHEDULERS)
-    params = space_params(r)
+
+
+def _check_base(r: TuneRecipe) -> None:
+    from components.decoding import DecodingConfig
     try:
         DecodingConfig.from_dict(r.base)
     except (ValueError, TypeError) as exc:
         raise RecipeError(f"recipe section 'base': {exc}") from None
+
+
+def _check_decoding_search(r: TuneRecipe, params: list[Param]) -> None:
+    """Mode `decoding`: a model, a BLEU / F1 objective, and a space of decoding settings."""
+    if r.recipe or r.overrides:
+        raise RecipeError("recipe keys 'recipe' and 'overrides' belong to mode 'training'; "
+                          "mode 'decoding' searches the settings of 'model'")
+    if not r.model:
+        raise RecipeError("recipe key 'model' must name a trained model directory (mode 'decoding')")
+    _choice("objective.metric", r.objective.metric, DECODING_METRICS)
+    for p in params:
+        _check_decoding_param(r, p)
+    if r.scheduler.name == "asha":
+        raise RecipeError("recipe key 'scheduler.name': ASHA stops training trials at intermediate "
+                          "evaluations; a decoding trial reports once (use fifo)")
+
+
+def _check_decoding_param(r: TuneRecipe, p: Param) -> None:
+    from components.decoding import DecodingConfig
+    fields = [f.name for f in dataclasses.fields(DecodingConfig)]
+    if p.key not in fields:
+        close = difflib.get_close_matches(p.key, fields, n=1)
+        hint = f"; did you mean 'space.{close[0]}'?" if close else f"; valid: {', '.join(fields)}"
+        raise RecipeError(f"recipe key 'space.{p.key}' is not a decoding setting{hint}")
+    if p.key == "num_return_sequences":
+        raise RecipeError("recipe key 'space.num_return_sequences': a decoding search scores one "
+                          "output per dev example")
+    for v in p.corners():
+        try:
+            DecodingConfig.from_dict({**r.base, p.key: v})
+        except (ValueError, TypeError) as exc:
+            raise RecipeError(f"recipe key 'space.{p.key}': value {v!r} is not a valid setting "
+                              f"({exc})") from None
+
+
+def _check_training_search(r: TuneRecipe, params: list[Param]) -> None:
+    """Mode `training`: a training recipe that takes every corner of the space, an objective its
+    task reports, and (for ASHA) intermediate evaluations of it."""
+    if r.model:
+        raise RecipeError("recipe key 'model' belongs to mode 'decoding'; mode 'training' trains "
+                          "'recipe' (set model.init_from in its overrides to start from a model)")
+    if not r.recipe:
+        raise RecipeError("recipe key 'recipe' must name a training recipe file (mode 'training')")
+    training = base_training_recipe(r)
+    if not params:
+        raise RecipeError("recipe section 'space' is empty: nothing to tune "
+                          f"(`bert4ray train {r.recipe}` runs the recipe as it is)")
+    for p in params:
+        for v in p.corners():
+            try:
+                base_training_recipe(r, [f"{p.key}={override_text(v)}"])
+            except RecipeError as exc:
+                raise RecipeError(f"recipe key 'space.{p.key}' (a key of the training recipe, value "
+                                  f"{v!r}): {exc}") from None
+    _check_training_objective(r.objective.metric, training)
+    if r.scheduler.name == "asha":
+        _check_asha(r.objective.metric, training)
+
+
+def _check_training_objective(metric: str, training) -> None:
+    if not (metric in DECODING_METRICS or (metric.startswith("eval_") and len(metric) > 5)):
+        close = difflib.get_close_matches(metric, [*DECODING_METRICS, "eval_loss", "eval_macro_f1",
+                                                   "eval_accuracy", "eval_top1"], n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise RecipeError(f"recipe key 'objective.metric' has value {metric!r}{hint}; valid: bleu, f1, "
+                          "or eval_<name> from the task's evaluation (e.g. eval_macro_f1)")
+    if metric in DECODING_METRICS and training.task.name not in GENERATING_TASKS:
+        raise RecipeError(f"recipe key 'objective.metric': {metric} scores generated text, but task "
+                          f"'{training.task.name}' does not generate; use one of its eval_ metrics")
+
+
+def _check_asha(metric: str, training) -> None:
+    if not metric.startswith("eval_"):
+        raise RecipeError(f"recipe key 'scheduler.name': ASHA compares trials at intermediate "
+                          f"evaluations, and '{metric}' is only known after training; use an "
+                          "eval_ objective or scheduler fifo")
+    if training.schedule.eval_every <= 0:
+        raise RecipeError("recipe key 'scheduler.name': ASHA needs intermediate evaluations; add "
+                          "schedule.eval_every=N to 'overrides'")
+
+
+def _check_dev(r: TuneRecipe) -> None:
     metric = r.objective.metric
-    if r.mode == "decoding":
-        if r.recipe or r.overrides:
-            raise RecipeError("recipe keys 'recipe' and 'overrides' belong to mode 'training'; "
-                              "mode 'decoding' searches the settings of 'model'")
-        if not r.model:
-            raise RecipeError("recipe key 'model' must name a trained model directory (mode 'decoding')")
-        _choice("objective.metric", metric, DECODING_METRICS)
-        fields = [f.name for f in dataclasses.fields(DecodingConfig)]
-        for p in params:
-            if p.key not in fields:
-                close = difflib.get_close_matches(p.key, fields, n=1)
-                hint = f"; did you mean 'space.{close[0]}'?" if close else f"; valid: {', '.join(fields)}"
-                raise RecipeError(f"recipe key 'space.{p.key}' is not a decoding setting{hint}")
-            if p.key == "num_return_sequences":
-                raise RecipeError("recipe key 'space.num_return_sequences': a decoding search scores one "
-                                  "output per dev example")
-            for v in p.corners():
-                try:
-                    DecodingConfig.from_dict({**r.base, p.key: v})
-                except (ValueError, TypeError) as exc:
-                    raise RecipeError(f"recipe key 'space.{p.key}': value {v!r} is not a valid setting "
-                                      f"({exc})") from None
-        if r.scheduler.name == "asha":
-            raise RecipeError("recipe key 'scheduler.name': ASHA stops training trials at intermediate "
-                              "evaluations; a decoding trial reports once (use fifo)")
-    else:
-        if r.model:
-            raise RecipeError("recipe key 'model' belongs to mode 'decoding'; mode 'training' trains "
-                              "'recipe' (set model.init_from in its overrides to start from a model)")
-        if not r.recipe:
-            raise RecipeError("recipe key 'recipe' must name a training recipe file (mode 'training')")
-        training = base_training_recipe(r)
-        if not params:
-            raise RecipeError("recipe section 'space' is empty: nothing to tune "
-                              f"(`bert4ray train {r.recipe}` runs the recipe as it is)")
-        for p in params:
-            for v in p.corners():
-                try:
-                    base_training_recipe(r, [f"{p.key}={override_text(v)}"])
-                except RecipeError as exc:
-                    raise RecipeError(f"recipe key 'space.{p.key}' (a key of the training recipe, value "
-                                      f"{v!r}): {exc}") from None
-        if not (metric in DECODING_METRICS or (metric.startswith("eval_") and len(metric) > 5)):
-            close = difflib.get_close_matches(metric, [*DECODING_METRICS, "eval_loss", "eval_macro_f1",
-                                                       "eval_accuracy", "eval_top1"], n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise RecipeError(f"recipe key 'objective.metric' has value {metric!r}{hint}; valid: bleu, f1, "
-                              "or eval_<name> from the task's evaluation (e.g. eval_macro_f1)")
-        if metric in DECODING_METRICS and training.task.name not in GENERATING_TASKS:
-            raise RecipeError(f"recipe key 'objective.metric': {metric} scores generated text, but task "
-                              f"'{training.task.name}' does not generate; use one of its eval_ metrics")
-        if r.scheduler.name == "asha":
-            if not metric.startswith("eval_"):
-                raise RecipeError(f"recipe key 'scheduler.name': ASHA compares trials at intermediate "
-                                  f"evaluations, and '{metric}' is only known after training; use an "
-                                  "eval_ objective or scheduler fifo")
-            if training.schedule.eval_every <= 0:
-                raise RecipeError("recipe key 'scheduler.name': ASHA needs intermediate evaluations; add "
-                                  "schedule.eval_every=N to 'overrides'")
     if (r.mode == "decoding" or metric in DECODING_METRICS) and not r.dev.file:
         raise RecipeError(f"recipe key 'dev.file' must name the dev set that {metric} is computed on")
     if r.dev.max_rows < 0:
         raise RecipeError("recipe key 'dev.max_rows' must be >= 0")
+
+
+def _check_search(r: TuneRecipe) -> None:
     if r.search.searcher == "nevergrad":
         names = nevergrad_optimizers()
         if r.search.optimizer not in names:
@@ -323,6 +364,9 @@ def check_tune_recipe(r: TuneRecipe) -> None:
     if r.search.time_budget_s and r.mode == "training":
         raise RecipeError("recipe key 'search.time_budget_s' is for decoding searches: at the deadline Tune "
                           "kills running trials, and a killed Train run keeps its CPUs reserved")
+
+
+def _check_scheduler(r: TuneRecipe) -> None:
     if r.scheduler.grace_period < 0 or r.scheduler.max_t < 0:
         raise RecipeError("recipe keys 'scheduler.grace_period' and 'scheduler.max_t' must be >= 0")
     if r.scheduler.reduction_factor <= 1:
