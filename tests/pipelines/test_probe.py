@@ -1,6 +1,7 @@
 """`bert4ray probe`: the recipe, the corpus readers, and a real Ray Data run on a tiny model whose
 outputs equal the components' and whose scores reach MLflow."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -57,8 +58,9 @@ def test_recipe_defaults_overrides_and_errors(tmp_path):
 
 def test_constituency_choices_are_the_components_decoders():
     from components.probing.constituency import ALGORITHMS
-    from pipelines.probe_recipe import _CHOICES
-    assert _CHOICES["probe.constituency"] == ALGORITHMS
+    from pipelines.probe_recipe import ProbeSection
+    field = next(f for f in dataclasses.fields(ProbeSection) if f.name == "constituency")
+    assert field.metadata["choices"] == ALGORITHMS
     base = {"model": {"path": "m"}, "data": {"files": ["a.jsonl"]}}
     assert load_probe_recipe(data=base).probe.constituency == "mart"             # the authors' MART
     assert load_probe_recipe(data=base, overrides=["probe.constituency=mart_block_means"]).probe.constituency \
