@@ -13,22 +13,18 @@ HELP = "MGS: derivative-free fine-tuning of a generating model towards BLEU / F1
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("recipe", help="MGS recipe YAML (see pipelines/recipes/mgs-simbert.yaml)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a recipe value, e.g. --set mgs.beta=10 (repeatable)")
+    from pipelines.job import add_recipe_arguments
+    add_recipe_arguments(parser, "MGS recipe YAML (see pipelines/recipes/mgs-simbert.yaml)", example="mgs.beta=10")
     parser.add_argument("--output", help="output directory (default <workdir>/mgs/<run id>)")
-    parser.add_argument("--quiet", action="store_true", help="no progress lines")
 
 
 def run(args) -> int:
-    from pipelines.cli import UserError
+    from pipelines.job import load_command_recipe, print_config
     from pipelines.mgs import load_mgs_recipe, run_mgs
-    from pipelines.recipe import RecipeError
 
-    try:
-        recipe = load_mgs_recipe(args.recipe, args.overrides)
-    except RecipeError as exc:
-        raise UserError(str(exc)) from None
+    recipe = load_command_recipe(args, load_mgs_recipe)
+    if print_config(args, recipe):
+        return 0
     result = run_mgs(recipe, progress=not args.quiet, output=args.output)
     m = recipe.metric
     print(f"dev {m}: start {result.dev_start:.4f}  best {result.dev_best:.4f}  final {result.dev_final:.4f}")

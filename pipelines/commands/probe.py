@@ -13,21 +13,17 @@ HELP = "Perturbed Masking: unsupervised segmentation and dependency / constituen
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("recipe", help="probe recipe YAML (see pipelines/recipes/probe-tiny.yaml)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a recipe value, e.g. --set probe.layer=1 (repeatable)")
-    parser.add_argument("--quiet", action="store_true", help="no progress lines")
+    from pipelines.job import add_recipe_arguments
+    add_recipe_arguments(parser, "probe recipe YAML (see pipelines/recipes/probe-tiny.yaml)", example="probe.layer=1")
 
 
 def run(args) -> int:
-    from pipelines.cli import UserError
+    from pipelines.job import load_command_recipe, print_config
     from pipelines.probe import load_probe_recipe, run_probe
-    from pipelines.recipe import RecipeError
 
-    try:
-        recipe = load_probe_recipe(args.recipe, args.overrides)
-    except RecipeError as exc:
-        raise UserError(str(exc)) from None
+    recipe = load_command_recipe(args, load_probe_recipe)
+    if print_config(args, recipe):
+        return 0
     result = run_probe(recipe, progress=not args.quiet)
     if result.mlflow_run_id:
         print(f"mlflow run: {result.mlflow_run_id}")

@@ -40,10 +40,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("recipe", help="recipe YAML file")
     parser.add_argument("--address", default=os.environ.get("RAY_ADDRESS"),
                         help="Ray dashboard address, e.g. http://HOST:8265 (default: $RAY_ADDRESS)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a recipe value (repeatable)")
-    parser.add_argument("--overlay", action="append", default=[], metavar="FILE",
-                        help="recipe YAML merged over the recipe, e.g. cluster/deepspeed/zero2-gpu.yaml (repeatable)")
+    from pipelines.job import add_override_arguments
+    add_override_arguments(parser)
     parser.add_argument("--storage", help="workdir on the cluster: s3://bucket/prefix (gs://, abfs://) or an "
                                           "absolute path every node mounts; required unless the cluster runs on this machine")
     parser.add_argument("--runtime-env", default=None,
@@ -159,29 +157,9 @@ def build_submission(args, local: bool) -> tuple[str, dict, object]:
 
 def load_submitted_recipe(args, extra: list[str] = ()):
     """The recipe file with the --overlay files merged over it (in order), then the --set overrides."""
-    import yaml
-
-    from pipelines.recipe import RecipeError, load_recipe
-
-    overlay: dict = {}
-    for item in args.overlay:
-        if not Path(item).is_file():
-            raise FileNotFoundError(f"overlay file '{item}' does not exist")
-        try:
-            data = yaml.safe_load(Path(item).read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as exc:
-            raise RecipeError(f"{item}: not valid YAML ({str(exc).splitlines()[0]})") from None
-        if not isinstance(data, dict):
-            raise RecipeError(f"{item}: an overlay must be a mapping of recipe sections")
-        overlay = _merge(overlay, data)
-    return load_recipe(args.recipe, [*args.overrides, *extra], data=overlay)
-
-
-def _merge(a: dict, b: dict) -> dict:
-    out = dict(a)
-    for k, v in b.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
+    from pipelines.job import load_command_recipe
+    from pipelines.recipe import load_recipe
+    return load_command_recipe(args, load_recipe, extra)
 
 
 def _check_data_paths(recipe, runtime_env: dict, local: bool) -> None:

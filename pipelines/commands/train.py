@@ -1,4 +1,4 @@
-"""`bert4ray train RECIPE.yaml [--set a.b=c ...] [--output DIR] [--resume]`."""
+"""`bert4ray train RECIPE.yaml [--set a.b=c ...] [--overlay FILE ...] [--output DIR] [--resume]`."""
 
 from __future__ import annotations
 
@@ -6,24 +6,22 @@ HELP = "train a model from a recipe on Ray Train + DeepSpeed (mlm, classify, ...
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("recipe", help="recipe YAML file (see pipelines/recipes/), or env:NAME for YAML text "
-                        "in the environment variable NAME (how `bert4ray submit` passes it to a job)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a recipe value, e.g. --set optim.lr=1e-3 (repeatable)")
+    from pipelines.job import add_recipe_arguments
+    add_recipe_arguments(parser, "recipe YAML file (see pipelines/recipes/), or env:NAME for YAML text in the "
+                         "environment variable NAME (how `bert4ray submit` passes it to a job)",
+                         example="optim.lr=1e-3", progress="no live progress line")
     parser.add_argument("--output", help="directory for the final model (default: under the workdir)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the last run of this recipe from its latest checkpoint")
-    parser.add_argument("--quiet", action="store_true", help="no live progress line")
 
 
 def run(args) -> int:
-    from pipelines.cli import UserError
-    from pipelines.recipe import RecipeError, load_recipe
+    from pipelines.job import load_command_recipe, print_config
+    from pipelines.recipe import load_recipe
 
-    try:
-        recipe = load_recipe(args.recipe, args.overrides)
-    except RecipeError as exc:
-        raise UserError(str(exc)) from None
+    recipe = load_command_recipe(args, load_recipe)
+    if print_config(args, recipe):
+        return 0
     from pipelines.train import run_training
     result = run_training(recipe, output=args.output, resume=args.resume, progress=not args.quiet)
     for key in sorted(result.metrics):

@@ -16,24 +16,21 @@ MAX_ROWS_SHOWN = 30
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("recipe", help="tune recipe YAML (see pipelines/recipes/tune-simbert-decoding.yaml)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a recipe value, e.g. --set search.num_samples=32 (repeatable)")
-    parser.add_argument("--quiet", action="store_true", help="no progress lines")
+    from pipelines.job import add_recipe_arguments
+    add_recipe_arguments(parser, "tune recipe YAML (see pipelines/recipes/tune-simbert-decoding.yaml)",
+                         example="search.num_samples=32")
 
 
 def run(args) -> int:
     from rich.console import Console
 
-    from pipelines.cli import UserError
-    from pipelines.recipe import RecipeError
-    from pipelines.tune import run_tune
+    from pipelines.job import load_command_recipe, print_config
     from pipelines.tune_recipe import load_tune_recipe
 
-    try:
-        recipe = load_tune_recipe(args.recipe, args.overrides)
-    except RecipeError as exc:
-        raise UserError(str(exc)) from None
+    recipe = load_command_recipe(args, load_tune_recipe)
+    if print_config(args, recipe):
+        return 0
+    from pipelines.tune import run_tune
     console = Console(highlight=False, soft_wrap=True)     # long lines stay whole (copy-paste)
     result = run_tune(recipe, progress=not args.quiet, log=lambda line: console.print(line, markup=False))
     print_report(result, recipe, console)
