@@ -45,8 +45,18 @@ from components.mgs import (
     update_direction,
     weight_entropy,
 )
+from pipelines.job import new_run_id
 from pipelines.objectives import METRICS, Example, GenerationSystem, read_examples, score
-from pipelines.recipe import RecipeError, load_sections, to_dict
+from pipelines.sections import (
+    RecipeError,
+    TrackingSection,
+    bounded,
+    choice,
+    load_sections,
+    recipe_dataclass,
+    to_yaml,
+    tracking_field,
+)
 
 
 # --- recipe --------------------------------------------------------------------------------------
@@ -60,15 +70,15 @@ class MGSData:
     dev_fraction: float = 0.1
     max_train_rows: int = 0
     max_dev_rows: int = 200
-    batch_size: int = 16
+    batch_size: int = bounded(16, at_least=1)
     """Examples per step: the batch that C(θ), the gradient and every candidate are measured on."""
-    max_length: int = 64
+    max_length: int = bounded(64, at_least=8)
     """Tokens of source + output."""
 
 
 @dataclass
 class MGSOptim:
-    lr: float = 1e-4
+    lr: float = bounded(1e-4, above=0)
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     """Clips the MLE gradient before the proposals and the MGS direction before the step (0 = off)."""
@@ -76,74 +86,51 @@ class MGSOptim:
 
 @dataclass
 class MGSParallel:
-    num_actors: int = 2
+    num_actors: int = bounded(2, at_least=0)
     """Ray actors that evaluate candidates, each holding the model once (0 = sequentially in this process)."""
     cpus_per_actor: float = 1.0
-    threads_per_actor: int = 1
+    threads_per_actor: int = bounded(1, at_least=1)
     max_restarts: int = 2
     """A crashed actor is restarted by Ray and its candidates retried (evaluation is idempotent)."""
 
 
-@dataclass
-class MGSTracking:
-    enabled: bool = True
-    experiment: str = "bert4ray-mgs"
-    run_name: str | None = None
-
-
-@dataclass
+@recipe_dataclass
 class MGSRecipe:
     name: str = "mgs"
     seed: int = 0
     workdir: str = "bert4ray-runs"
     model: str = ""
     """The starting model directory (a simbert or dialog model, e.g. trained by MLE with `bert4ray train`)."""
-    metric: str = "bleu"
+    metric: str = choice(*METRICS)
     """The cost is 1 − metric: `bleu` (sacrebleu, zh tokenization) or `f1` (token-level)."""
-    steps: int = 50
-    eval_every: int = 10
+    steps: int = bounded(50, at_least=1)
+    eval_every: int = bounded(10, at_least=1)
     decoding: dict[str, Any] = field(default_factory=lambda: {"strategy": "greedy", "max_new_tokens": 32})
     """How outputs are produced, for the cost and for the dev metric (see DecodingConfig)."""
-    data: MGSData = field(default_factory=MGSData)
-    mgs: MGSConfig = field(default_factory=MGSConfig)
-    optim: MGSOptim = field(default_factory=MGSOptim)
-    parallel: MGSParallel = field(default_factory=MGSParallel)
-    tracking: MGSTracking = field(default_factory=MGSTracking)
+    data: MGSData
+    mgs: MGSConfig
+    optim: MGSOptim
+    parallel: MGSParallel
+    tracking: TrackingSection = tracking_field("bert4ray-mgs")
+
+    def check(self) -> None:
+        """Checks across the recipe (the `mgs` section checks itself: MGSConfig.check)."""
+        from components.decoding import DecodingConfig
+        if not self.model:
+            raise RecipeError("recipe key 'model' must name a model directory")
+        if not self.data.train:
+            raise RecipeError("recipe key 'data.train' must name a file of training examples")
+        if not 0.0 < self.data.dev_fraction < 1.0:
+            raise RecipeError("recipe key 'data.dev_fraction' must be in (0, 1)")
+        try:
+            DecodingConfig.from_dict(self.decoding)
+        except (ValueError, TypeError) as exc:
+            raise RecipeError(f"recipe section 'decoding': {exc}") from None
 
 
 def load_mgs_recipe(path: str | Path | None = None, overrides: list[str] | None = None,
                     data: dict | None = None) -> MGSRecipe:
-    recipe = load_sections(MGSRecipe, path, overrides, data)
-    check_mgs_recipe(recipe)
-    return recipe
-
-
-def check_mgs_recipe(recipe: MGSRecipe) -> None:
-    from components.decoding import DecodingConfig
-    if not recipe.model:
-        raise RecipeError("recipe key 'model' must name a model directory")
-    if not recipe.data.train:
-        raise RecipeError("recipe key 'data.train' must name a file of training examples")
-    if recipe.metric not in METRICS:
-        raise RecipeError(f"recipe key 'metric' has value {recipe.metric!r}; valid: {', '.join(METRICS)}")
-    for key, value, low in (("steps", recipe.steps, 1), ("eval_every", recipe.eval_every, 1),
-                            ("data.batch_size", recipe.data.batch_size, 1), ("data.max_length", recipe.data.max_length, 8),
-                            ("parallel.num_actors", recipe.parallel.num_actors, 0),
-                            ("parallel.threads_per_actor", recipe.parallel.threads_per_actor, 1)):
-        if value < low:
-            raise RecipeError(f"recipe key '{key}' must be >= {low}, got {value!r}")
-    if not 0.0 < recipe.data.dev_fraction < 1.0:
-        raise RecipeError("recipe key 'data.dev_fraction' must be in (0, 1)")
-    if not recipe.optim.lr > 0:
-        raise RecipeError(f"recipe key 'optim.lr' must be > 0, got {recipe.optim.lr!r}")
-    try:
-        recipe.mgs.check()
-    except ValueError as exc:
-        raise RecipeError(f"recipe section 'mgs': {exc}") from None
-    try:
-        DecodingConfig.from_dict(recipe.decoding)
-    except (ValueError, TypeError) as exc:
-        raise RecipeError(f"recipe section 'decoding': {exc}") from None
+    return load_sections(MGSRecipe, path, overrides, data)
 
 
 # --- data ----------------------------------------------------------------------------------------
@@ -289,7 +276,7 @@ def _local_model(recipe: MGSRecipe, workdir: Path) -> Path:
 def run_mgs(recipe: MGSRecipe, progress: bool = True, output: str | Path | None = None) -> MGSResult:
     torch.manual_seed(recipe.seed)
     workdir = Path(recipe.workdir).expanduser().resolve()
-    run_id = f"{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    run_id = new_run_id(recipe.name)
     out_dir = Path(output) if output else workdir / "mgs" / run_id
     model_dir = _local_model(recipe, workdir)
     train, dev = split_examples(recipe)
@@ -302,43 +289,53 @@ def run_mgs(recipe: MGSRecipe, progress: bool = True, output: str | Path | None 
         raise RecipeError(str(exc)) from None
     opt = torch.optim.AdamW(params, lr=recipe.optim.lr, weight_decay=recipe.optim.weight_decay)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "recipe.yaml").write_text(_yaml(recipe), encoding="utf-8")
+    (out_dir / "recipe.yaml").write_text(to_yaml(recipe), encoding="utf-8")
 
-    run = _MlflowRun(recipe, workdir, run_id)
-    evaluators = Evaluators(dataclasses.replace(recipe, model=str(model_dir)), system)
-    rng = random.Random(recipe.seed)
-    history: list[dict] = []
-    try:
-        model.eval()              # dropout off: the cost, the gradient and the candidates see one model
-        dev_start = best = system.evaluate(dev, recipe.metric, recipe.decoding)
-        _save(system, out_dir / "model", {"mgs": {"step": 0, f"dev_{recipe.metric}": best}})
-        history.append({"step": 0, f"dev_{recipe.metric}": best})
-        run.log({f"dev_{recipe.metric}": best}, 0)
-        _say(progress, f"step 0/{recipe.steps}  dev {recipe.metric} {best:.4f}  ({len(train)} train, {len(dev)} dev)")
-        dev_final = best
-        for step in range(1, recipe.steps + 1):
-            batch = rng.sample(train, min(recipe.data.batch_size, len(train)))
-            record = mgs_step(recipe, system, opt, evaluators, batch, step, may_change)
-            if step % recipe.eval_every == 0 or step == recipe.steps:
-                dev_final = system.evaluate(dev, recipe.metric, recipe.decoding)
-                record[f"dev_{recipe.metric}"] = dev_final
-                if dev_final > best:
-                    best = dev_final
-                    _save(system, out_dir / "model", {"mgs": {"step": step, f"dev_{recipe.metric}": best}})
-            history.append(record)
-            run.log({k: v for k, v in record.items() if k != "step"}, step)
-            _say(progress, _line(record, recipe))
+    from pipelines.tracking import tracked_run
+    tags = {"bert4ray.command": "mgs", "bert4ray.run_id": run_id}
+    with tracked_run(recipe.tracking, workdir, run_id, recipe, tags) as run:
+        evaluators = Evaluators(dataclasses.replace(recipe, model=str(model_dir)), system)
+        try:
+            history, dev_start, best, dev_final = _steps(recipe, system, opt, evaluators, (train, dev),
+                                                         may_change, out_dir, run, progress)
+        finally:
+            if evaluators.actors:
+                evaluators.close()
         summary = {f"dev_{recipe.metric}_start": dev_start, f"dev_{recipe.metric}_best": best,
                    f"dev_{recipe.metric}_final": dev_final}
         (out_dir / "history.json").write_text(json.dumps({"summary": summary, "history": history}, indent=1))
-        run.finish(summary, out_dir)
-    except BaseException as exc:
-        run.fail(exc)
-        raise
-    finally:
-        if evaluators.actors:
-            evaluators.close()
+        run.log_metrics(summary)
+        for name in ("history.json", "recipe.yaml"):
+            run.log_artifact(out_dir / name)
+        run.log_artifact(out_dir / "model", artifact_path="model")
     return MGSResult(out_dir / "model", out_dir, history, dev_start, best, dev_final, run.run_id)
+
+
+def _steps(recipe: MGSRecipe, system: GenerationSystem, opt: torch.optim.Optimizer, evaluators: Evaluators,
+           examples: tuple[list[Example], list[Example]], may_change: list[bool], out_dir: Path, run,
+           progress: bool) -> tuple[list[dict], float, float, float]:
+    """All the steps, the dev metric at step 0 and every eval_every steps, the best model on dev
+    written: (history, dev start, dev best, dev final)."""
+    train, dev = examples
+    metric, rng = recipe.metric, random.Random(recipe.seed)
+    system.model.eval()           # dropout off: the cost, the gradient and the candidates see one model
+    dev_start = best = dev_final = system.evaluate(dev, metric, recipe.decoding)
+    _save(system, out_dir / "model", {"mgs": {"step": 0, f"dev_{metric}": best}})
+    history: list[dict] = [{"step": 0, f"dev_{metric}": best}]
+    run.log_metrics({f"dev_{metric}": best}, 0)
+    _say(progress, f"step 0/{recipe.steps}  dev {metric} {best:.4f}  ({len(train)} train, {len(dev)} dev)")
+    for step in range(1, recipe.steps + 1):
+        batch = rng.sample(train, min(recipe.data.batch_size, len(train)))
+        record = mgs_step(recipe, system, opt, evaluators, batch, step, may_change)
+        if step % recipe.eval_every == 0 or step == recipe.steps:
+            dev_final = record[f"dev_{metric}"] = system.evaluate(dev, metric, recipe.decoding)
+            if dev_final > best:
+                best = dev_final
+                _save(system, out_dir / "model", {"mgs": {"step": step, f"dev_{metric}": best}})
+        history.append(record)
+        run.log_metrics({k: v for k, v in record.items() if k != "step"}, step)
+        _say(progress, _line(record, recipe))
+    return history, dev_start, best, dev_final
 
 
 def mgs_step(recipe: MGSRecipe, system: GenerationSystem, opt: torch.optim.Optimizer, evaluators: Evaluators,
@@ -372,11 +369,6 @@ def mgs_step(recipe: MGSRecipe, system: GenerationSystem, opt: torch.optim.Optim
             "seconds": time.perf_counter() - t0}
 
 
-def _yaml(recipe: MGSRecipe) -> str:
-    import yaml
-    return yaml.safe_dump(to_dict(recipe), sort_keys=False, allow_unicode=True)
-
-
 def _say(enabled: bool, text: str) -> None:
     if enabled:
         print(text, flush=True)
@@ -388,43 +380,3 @@ def _line(record: dict, recipe: MGSRecipe) -> str:
             f"weight entropy {record['weight_entropy']:.3f}  mle {record['mle_loss']:.3f}  {record['seconds']:.1f}s")
     key = f"dev_{recipe.metric}"
     return text + (f"  dev {recipe.metric} {record[key]:.4f}" if key in record else "")
-
-
-class _MlflowRun:
-    """One MLflow run per MGS run: the recipe as params, per-step metrics, history and model as artifacts."""
-
-    def __init__(self, recipe: MGSRecipe, workdir: Path, run_id: str):
-        self.run_id = None
-        if not recipe.tracking.enabled:
-            return
-        import mlflow
-
-        from pipelines.tracking import recipe_params, run_tags, use_experiment
-        experiment = use_experiment(workdir, recipe.tracking.experiment)
-        run = mlflow.start_run(experiment_id=experiment, run_name=recipe.tracking.run_name or run_id)
-        self.run_id = run.info.run_id
-        mlflow.log_params(recipe_params(recipe))
-        mlflow.set_tags(run_tags({"bert4ray.command": "mgs", "bert4ray.run_id": run_id}))
-
-    def log(self, metrics: dict, step: int) -> None:
-        if self.run_id:
-            import mlflow
-            mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
-
-    def finish(self, summary: dict, out_dir: Path) -> None:
-        if self.run_id:
-            import mlflow
-            mlflow.log_metrics(summary)
-            mlflow.log_artifact(str(out_dir / "history.json"))
-            mlflow.log_artifact(str(out_dir / "recipe.yaml"))
-            mlflow.log_artifacts(str(out_dir / "model"), artifact_path="model")
-            mlflow.end_run(status="FINISHED")
-
-    def fail(self, exc: BaseException) -> None:
-        if self.run_id:
-            import mlflow
-            try:
-                mlflow.set_tag("bert4ray.error", f"{type(exc).__name__}: {exc}"[:5000])
-            finally:
-                mlflow.end_run(status="FAILED")
-

@@ -10,7 +10,7 @@
       -> Parquet (id, text, words, tokens, heads, tree, note); with gold data, the scores to MLflow
 
 The recipe is its own small set of dataclasses (pipelines.probe_recipe), loaded, checked and
-overridden (`--set a.b=c`) by the same machinery as training recipes (`pipelines.recipe`).
+overridden (`--set a.b=c`) by the same machinery as every job's recipe (`pipelines.sections`).
 
     from pipelines.probe import load_probe_recipe, run_probe
     result = run_probe(load_probe_recipe("pipelines/recipes/probe-tiny.yaml", ["probe.layer=1"]))
@@ -21,18 +21,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from pipelines.probe_eval import bracket_spans, evaluate_outputs, format_table, segmentation_report  # noqa: F401
 from pipelines.probe_recipe import ProbeRecipe, ProbeSection, load_probe_recipe  # noqa: F401 (public here too)
-from pipelines.recipe import to_dict
+from pipelines.sections import to_yaml
 
 TREE_FILE_SUFFIXES = (".mrg", ".tree", ".trees", ".ptb")
 CONLLU_SUFFIXES = (".conllu", ".conll")
@@ -366,22 +363,17 @@ def _mkparent(path: Path) -> Path:
 
 
 # --- MLflow and the model's calibration -----------------------------------------------------------
-def _log_mlflow(recipe: ProbeRecipe, workdir: Path, metrics: dict, report: dict) -> str:
-    import mlflow
+def _log_mlflow(recipe: ProbeRecipe, workdir: Path, metrics: dict, report: dict) -> str | None:
+    from pipelines.tracking import tracked_run
 
-    from pipelines.tracking import recipe_params, run_tags, use_experiment
-
-    exp_id = use_experiment(workdir, recipe.tracking.experiment)
-    with mlflow.start_run(experiment_id=exp_id, run_name=recipe.tracking.run_name or recipe.name) as run:
-        mlflow.log_params(recipe_params(recipe))
-        mlflow.set_tags(run_tags({"bert4ray.task": "probe"}))
-        mlflow.log_metrics({k: float(v) for k, v in metrics.items() if isinstance(v, int | float) and math.isfinite(v)})
-        mlflow.log_text(yaml.safe_dump(to_dict(recipe), sort_keys=False, allow_unicode=True), "recipe.yaml")
-        mlflow.log_text(json.dumps({k: v for k, v in report.items() if k != "metrics"}, indent=2,
-                                   ensure_ascii=False, default=float), "evaluation.json")
+    with tracked_run(recipe.tracking, workdir, recipe.name, recipe, {"bert4ray.task": "probe"}) as run:
+        run.log_metrics(metrics)
+        run.log_text(to_yaml(recipe), "recipe.yaml")
+        run.log_text(json.dumps({k: v for k, v in report.items() if k != "metrics"}, indent=2,
+                                ensure_ascii=False, default=float), "evaluation.json")
         if report.get("table"):
-            mlflow.log_text(format_table(report["table"]) + "\n", "table.txt")
-        return run.info.run_id
+            run.log_text(format_table(report["table"]) + "\n", "table.txt")
+    return run.run_id
 
 
 CALIBRATION_KEY = "perturbed_masking"

@@ -1,10 +1,15 @@
-"""MLflow tracking of a training run, all from the driver (workers send records to it).
+"""MLflow tracking of a job's run, all from the driver (workers send records to it).
 
-One run per training: the flattened recipe as params, step metrics (loss parts, lr, tokens/s,
-grad norm), evaluation metrics, the recipe file and the exported model as artifacts (a pyfunc
-model from code holding the model directory, registered under `tracking.registered_model`), and the git
-commit as a tag. The tracking URI is MLFLOW_TRACKING_URI, else `sqlite:///<workdir>/mlflow.db`
-with artifacts under `<workdir>/mlartifacts`. A failed run ends FAILED with its error as a tag.
+    with tracked_run(recipe.tracking, workdir, run_id, recipe, tags={"bert4ray.command": "mgs"}) as run:
+        run.log_metrics({"loss": 0.1}, step=1)         # a no-op when tracking.enabled is false
+        run.log_artifact("out/history.json")
+
+`tracked_run` is every job's run (train, tune, mgs, probe): the resolved recipe flattened into
+params, tags with the git commit, and an end status of FINISHED, FAILED (the error as a tag) when an
+exception leaves the block, or KILLED on Ctrl-C. A training run (`Tracker`) adds step and evaluation
+metrics, the recipe file and the exported model (a pyfunc model from code holding the model
+directory, registered under `tracking.registered_model`). The tracking URI is MLFLOW_TRACKING_URI,
+else `sqlite:///<workdir>/mlflow.db` with artifacts under `<workdir>/mlartifacts`.
 """
 
 from __future__ import annotations
@@ -14,12 +19,14 @@ import math
 import os
 import subprocess
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import mlflow.pyfunc
 
-from pipelines.recipe import Recipe, flatten, to_dict
+from pipelines.sections import TrackingSection, flatten, to_dict
 
 
 def tracking_uri(workdir: Path) -> str:
@@ -119,68 +126,138 @@ def log_pyfunc_model(model_dir: Path, registered_model: str | None = None):
             registered_model_name=registered_model)
 
 
-class Tracker:
-    def __init__(self, recipe: Recipe, workdir: Path, artifact_root: str | None = None):
-        self.recipe, self.enabled = recipe, recipe.tracking.enabled
-        self.run_id: str | None = None
-        if not self.enabled:
-            return
-        self.experiment_id = use_experiment(workdir, recipe.tracking.experiment, artifact_root)
+def error_text(exc: BaseException) -> str:
+    """The `bert4ray.error` tag of a run that an exception ended."""
+    return f"{type(exc).__name__}: {exc}"[:5000]
 
-    def start(self, run_name: str, resume_run_id: str | None = None, recipe_file: Path | None = None) -> None:
-        if not self.enabled:
-            return
-        t = self.recipe.tracking
-        if resume_run_id:
-            run = mlflow.start_run(run_id=resume_run_id)
-        else:
-            run = mlflow.start_run(experiment_id=self.experiment_id, run_name=t.run_name or run_name,
-                                   parent_run_id=t.parent_run_id, nested=bool(t.parent_run_id))
-            mlflow.log_params(recipe_params(self.recipe))
-            mlflow.set_tags(run_tags({"bert4ray.task": self.recipe.task.name, "bert4ray.run_id": run_name}))
-            if recipe_file is not None:
-                mlflow.log_artifact(str(recipe_file))
-        self.run_id = run.info.run_id
+
+def end_status(exc: BaseException) -> str:
+    """KILLED for Ctrl-C (nothing went wrong in the run), else FAILED."""
+    return "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+
+
+class JobRun:
+    """The active MLflow run of a job, or a stand-in that logs nothing (tracking off: run_id None)."""
+
+    def __init__(self, run_id: str | None = None):
+        self.run_id = run_id
+        self.status = "FINISHED"
+        """How the run ends when its block ends without an exception (KILLED: stopped, resumable)."""
+
+    @classmethod
+    def start(cls, tracking: TrackingSection, workdir: Path, run_name: str, recipe: Any = None,
+              tags: dict | None = None, artifact_root: str | None = None, resume_run_id: str | None = None,
+              parent_run_id: str | None = None) -> JobRun:
+        if not tracking.enabled:
+            return cls()
+        experiment_id = use_experiment(workdir, tracking.experiment, artifact_root)
+        if resume_run_id:            # a resumed run already holds its params and tags
+            return cls(mlflow.start_run(run_id=resume_run_id).info.run_id)
+        run = mlflow.start_run(experiment_id=experiment_id, run_name=tracking.run_name or run_name,
+                               parent_run_id=parent_run_id, nested=bool(parent_run_id))
+        if recipe is not None:
+            mlflow.log_params(recipe_params(recipe))
+        mlflow.set_tags(run_tags(tags or {}))
+        return cls(run.info.run_id)
 
     def log_params(self, params: dict) -> None:
-        if self.enabled and self.run_id:
+        if self.run_id:
             # A resumed run already holds these params (same values).
             with contextlib.suppress(mlflow.exceptions.MlflowException):
-                mlflow.log_params({k: str(v) for k, v in params.items()})
+                mlflow.log_params({k: param_value(v) for k, v in params.items()})
 
-    def log_metrics(self, metrics: dict, step: int) -> None:
-        if self.enabled and self.run_id:
+    def log_metrics(self, metrics: dict, step: int | None = None) -> None:
+        """The finite numbers of `metrics` (others are left out)."""
+        if self.run_id:
             clean = {k: float(v) for k, v in metrics.items()
-                     if isinstance(v, int | float) and not math.isnan(float(v))}
+                     if isinstance(v, int | float) and math.isfinite(float(v))}
             if clean:
                 mlflow.log_metrics(clean, step=step)
 
+    def log_text(self, text: str, name: str) -> None:
+        if self.run_id:
+            mlflow.log_text(text, name)
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        """A file, or a directory's files under `artifact_path`."""
+        if self.run_id:
+            if Path(path).is_dir():
+                mlflow.log_artifacts(str(path), artifact_path=artifact_path)
+            else:
+                mlflow.log_artifact(str(path), artifact_path=artifact_path)
+
+    def end(self, exc: BaseException | None = None) -> None:
+        """End the run: `self.status`, or for an exception FAILED / KILLED with the error as a tag."""
+        if not self.run_id:
+            return
+        if exc is None:
+            mlflow.end_run(status=self.status)
+            return
+        try:
+            mlflow.set_tag("bert4ray.error", error_text(exc))
+        finally:
+            mlflow.end_run(status=end_status(exc))
+
+
+@contextlib.contextmanager
+def tracked_run(tracking: TrackingSection, workdir: Path, run_name: str, recipe: Any = None,
+                tags: dict | None = None, **start) -> Iterator[JobRun]:
+    """A job's MLflow run around the block (see the module docstring); `start`: JobRun.start's
+    artifact_root, resume_run_id, parent_run_id."""
+    run = JobRun.start(tracking, workdir, run_name, recipe, tags, **start)
+    try:
+        yield run
+    except BaseException as exc:
+        run.end(exc)
+        raise
+    run.end()
+
+
+class Tracker:
+    """A training run: a JobRun started once Ray is up, that logs the exported model when it ends."""
+
+    def __init__(self, recipe, workdir: Path, artifact_root: str | None = None):
+        self.recipe, self.workdir, self.artifact_root = recipe, workdir, artifact_root
+        self.run = JobRun()
+        if recipe.tracking.enabled:       # the DB and experiment exist before any worker could race
+            use_experiment(workdir, recipe.tracking.experiment, artifact_root)
+
+    @property
+    def run_id(self) -> str | None:
+        return self.run.run_id
+
+    def start(self, run_name: str, resume_run_id: str | None = None, recipe_file: Path | None = None) -> None:
+        t = self.recipe.tracking
+        self.run = JobRun.start(t, self.workdir, run_name, self.recipe, artifact_root=self.artifact_root,
+                                tags={"bert4ray.task": self.recipe.task.name, "bert4ray.run_id": run_name},
+                                resume_run_id=resume_run_id, parent_run_id=t.parent_run_id)
+        if recipe_file is not None and not resume_run_id:
+            self.run.log_artifact(recipe_file)
+
+    def log_params(self, params: dict) -> None:
+        self.run.log_params(params)
+
+    def log_metrics(self, metrics: dict, step: int) -> None:
+        self.run.log_metrics(metrics, step=step)
+
     def log_text_artifacts(self, files: dict[str, str], metrics: dict | None = None) -> None:
         """Small text artifacts (e.g. attributions.html) at the run's root, plus their metrics."""
-        if not (self.enabled and self.run_id):
-            return
         for name, text in files.items():
-            mlflow.log_text(text, name)
-        if metrics:
-            mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
+            self.run.log_text(text, name)
+        self.run.log_metrics(metrics or {})
 
     def finish_success(self, model_dir: Path, metrics: dict, report) -> None:
-        if not (self.enabled and self.run_id):
+        if not self.run_id:
             return
         if report is not None:
             mlflow.log_metrics({"data_bad_rows": report.bad})
         log_pyfunc_model(model_dir, self.recipe.tracking.registered_model)
-        mlflow.end_run(status="FINISHED")
+        self.run.end()
 
     def finish_stopped(self) -> None:
         """Stopped at checkpoint.stop_after: left KILLED until `--resume` reopens and finishes it."""
-        if self.enabled and self.run_id:
-            mlflow.end_run(status="KILLED")
+        self.run.status = "KILLED"
+        self.run.end()
 
     def finish_failed(self, exc: BaseException) -> None:
-        if not (self.enabled and self.run_id):
-            return
-        try:
-            mlflow.set_tag("bert4ray.error", f"{type(exc).__name__}: {exc}"[:5000])
-        finally:
-            mlflow.end_run(status="FAILED")
+        self.run.end(exc)
