@@ -31,9 +31,9 @@ from components.config import read_bert4ray_json
 from components.losses import seq2seq_loss
 from components.model import Transformer
 from components.tokenizer import Tokenizer
+from pipelines.tasks import task_is, tasks_where
 
 METRICS = ("bleu", "f1")
-CAUSAL_TASKS = ("dialog",)
 
 
 @dataclass
@@ -132,16 +132,16 @@ class GenerationSystem:
 
     def __init__(self, model: Transformer, tokenizer: Tokenizer, task: str = "simbert", max_length: int = 64):
         self.model, self.tokenizer, self.task = model, tokenizer, task
-        self.causal = task in CAUSAL_TASKS
+        self.causal = task_is(task, "causal")
         self.max_length = min(max_length, model.config.max_position_embeddings)
 
     @classmethod
     def from_pretrained(cls, model_dir: str | Path, max_length: int = 64) -> GenerationSystem:
         model_dir = Path(model_dir)
         task = read_bert4ray_json(model_dir).get("task", "simbert")
-        if task in ("mlm", "classify"):
+        if not task_is(task, "generates"):
             raise ValueError(f"model '{model_dir}' was trained for '{task}', which does not generate; "
-                             "use a simbert or dialog model")
+                             f"use a {' or '.join(tasks_where('generates'))} model")
         return cls(Transformer.from_pretrained(model_dir), Tokenizer.from_pretrained(model_dir), task, max_length)
 
     @torch.no_grad()

@@ -56,6 +56,7 @@ def run(args) -> int:
     from components.decoding import DecodingConfig
     from pipelines.cli import UserError
     from pipelines.model_store import resolve_model
+    from pipelines.tasks import task_is, tasks_where
 
     decoding = decoding_settings(args)
     DecodingConfig.from_dict(decoding)                         # bad settings fail before the model loads
@@ -63,8 +64,9 @@ def run(args) -> int:
         raise UserError(f"--max-history must be >= 0, got {args.max_history}")
     model_dir = resolve_model(args.model)                       # a directory or an MLflow URI
     task = read_bert4ray_json(model_dir).get("task")
-    if task not in (None, "dialog"):
-        raise UserError(f"'{args.model}' was trained for the '{task}' task, not 'dialog'")
+    if task is not None and not task_is(task, "causal"):
+        chat_tasks = " or ".join(f"'{name}'" for name in tasks_where("causal"))
+        raise UserError(f"'{args.model}' was trained for the '{task}' task, not {chat_tasks}")
 
     from components.dialog import DialogueModel
     dialogue = DialogueModel.from_pretrained(model_dir, max_length=args.max_length,

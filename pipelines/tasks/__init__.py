@@ -35,6 +35,10 @@ class Task:
 
     name: ClassVar[str] = ""
     mask_mode: ClassVar[str] = "bidirectional"
+    generates: ClassVar[bool] = False
+    """The trained model writes text (decoding, `bert4ray tune` decoding searches, MGS, BLEU / F1)."""
+    causal: ClassVar[bool] = False
+    """It writes left to right after a history (a dialogue LM: `bert4ray chat`), not seq2seq (UniLM)."""
 
     @dataclass
     class Options:
@@ -113,6 +117,19 @@ def get_task(name: str) -> type[Task]:
     if name not in _REGISTRY:
         _discover()
     return _REGISTRY[name]
+
+
+def tasks_where(attribute: str) -> list[str]:
+    """Names of the tasks whose class attribute `attribute` is true (e.g. "generates")."""
+    return [name for name in task_names() if getattr(get_task(name), attribute)]
+
+
+def task_is(name: str | None, attribute: str) -> bool:
+    """Whether task `name` has `attribute` ("generates", "causal"); False for an unknown task."""
+    try:
+        return bool(getattr(get_task(name), attribute)) if name else False
+    except KeyError:
+        return False
 
 
 def check_text_field(row: dict, key: str) -> str | None:

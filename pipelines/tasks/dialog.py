@@ -59,6 +59,8 @@ DEFAULT_DECODERS = {
 class DialogTask(Task):
     name = "dialog"
     mask_mode = "causal"
+    generates = True
+    causal = True
 
     @dataclass
     class Options:

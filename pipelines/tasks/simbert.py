@@ -37,6 +37,7 @@ def group_texts(row: dict) -> list[str] | None:
 class SimBERTTask(Task):
     name = "simbert"
     mask_mode = "unilm"
+    generates = True
 
     @dataclass
     class Options:
