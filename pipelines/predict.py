@@ -310,7 +310,7 @@ class _Writer:
 def run_predict(job: PredictJob, progress: bool = True, plan: Plan | None = None) -> PredictResult:
     """Run the job (see the module docstring); `plan` from `prepare` when the caller checked first."""
     plan = plan or prepare(job)
-    tracker = _Tracking(job, plan) if job.mlflow or os.environ.get("MLFLOW_TRACKING_URI") else None
+    tracker = _start_run(job, plan) if job.mlflow or os.environ.get("MLFLOW_TRACKING_URI") else None
     try:
         writer, t0, first = _Writer(plan), time.perf_counter(), None
         if any(f.chunks for f in plan.todo):
@@ -326,10 +326,14 @@ def run_predict(job: PredictJob, progress: bool = True, plan: Plan | None = None
         result = _summarise(plan, writer, time.perf_counter() - t0, first or (0.0, 0))
     except BaseException as exc:
         if tracker:
-            tracker.fail(exc)
+            tracker.end(exc)
         raise
     if tracker:
-        result.mlflow_run_id = tracker.finish(result)
+        tracker.log_metrics(result.metrics)
+        if result.errors_path:
+            tracker.log_artifact(result.errors_path)
+        tracker.end()
+        result.mlflow_run_id = tracker.run_id
     return result
 
 
@@ -401,31 +405,12 @@ class _Progress:
         return False
 
 
-class _Tracking:
-    """One MLflow run per job: the job as params, the counts and timings as metrics, the errors file."""
-
-    def __init__(self, job: PredictJob, plan: Plan):
-        import mlflow
-
-        from pipelines.tracking import param_value, run_tags, use_experiment
-        experiment = use_experiment(Path(job.workdir), "bert4ray-predict")
-        self.run_id = mlflow.start_run(experiment_id=experiment, run_name=f"predict-{job.kind}").info.run_id
-        params = {k: v for k, v in dataclasses.asdict(job).items() if k not in ("overrides", "mlflow", "workdir")}
-        params.update({f"settings.{k}": v for k, v in plan.settings.items()})
-        mlflow.log_params({k: param_value(v) for k, v in params.items()})
-        mlflow.set_tags(run_tags({"bert4ray.command": "predict", "bert4ray.kind": job.kind}))
-
-    def finish(self, result: PredictResult) -> str:
-        import mlflow
-        mlflow.log_metrics({k: float(v) for k, v in result.metrics.items()})
-        if result.errors_path:
-            mlflow.log_artifact(str(result.errors_path))
-        mlflow.end_run(status="FINISHED")
-        return self.run_id
-
-    def fail(self, exc: BaseException) -> None:
-        import mlflow
-        try:
-            mlflow.set_tag("bert4ray.error", f"{type(exc).__name__}: {exc}"[:5000])
-        finally:
-            mlflow.end_run(status="FAILED")
+def _start_run(job: PredictJob, plan: Plan):
+    """One MLflow run per job: the job as params; the counts, timings and errors file at the end."""
+    from pipelines.sections import TrackingSection
+    from pipelines.tracking import JobRun
+    run = JobRun.start(TrackingSection(experiment="bert4ray-predict"), Path(job.workdir), f"predict-{job.kind}",
+                       tags={"bert4ray.command": "predict", "bert4ray.kind": job.kind})
+    params = {k: v for k, v in dataclasses.asdict(job).items() if k not in ("overrides", "mlflow", "workdir")}
+    run.log_params({**params, **{f"settings.{k}": v for k, v in plan.settings.items()}})
+    return run
