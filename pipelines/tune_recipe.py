@@ -3,29 +3,36 @@
     from pipelines.tune_recipe import load_tune_recipe
     recipe = load_tune_recipe("pipelines/recipes/tune-simbert-decoding.yaml", ["search.num_samples=8"])
 
-Keys and types are checked like a training recipe's (pipelines.recipe): an unknown key is named
-with the closest valid one. The format is documented in pipelines/recipes/tune-simbert-decoding.yaml.
+Keys, types, choices and bounds are checked like every job's recipe (pipelines.sections): an unknown
+key is named with the closest valid one. The format is documented in
+pipelines/recipes/tune-simbert-decoding.yaml.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from pipelines.recipe import RecipeError, _Raw, load_sections
+from pipelines.sections import (
+    RecipeError,
+    TrackingSection,
+    bounded,
+    check_choice,
+    choice,
+    load_sections,
+    recipe_dataclass,
+    suggest,
+    tracking_field,
+)
 
 MODES = ("decoding", "training")
 SEARCHERS = ("random", "optuna", "nevergrad")
 SCHEDULERS = ("fifo", "asha")
 DISTRIBUTIONS = ("uniform", "loguniform", "randint", "lograndint", "choice")
 DECODING_METRICS = ("bleu", "f1")
-GENERATING_TASKS = ("simbert", "dialog")
 
 
 # --- recipe ------------------------------------------------------------------------------------------
@@ -33,7 +40,7 @@ GENERATING_TASKS = ("simbert", "dialog")
 class TuneDevSection:
     file: str | None = None
     """Dev rows (JSON Lines / Parquet): {"texts": [...]}, {"turns": [...]} or {"source", "target"}."""
-    max_rows: int = 0
+    max_rows: int = bounded(0, at_least=0)
     """Score at most this many dev examples (0 = all)."""
 
 
@@ -42,48 +49,41 @@ class TuneObjectiveSection:
     metric: str = "bleu"
     """`bleu` or `f1` (token-level) on the dev set; training mode also any metric the task's
     evaluation reports, prefixed `eval_` (e.g. `eval_macro_f1`, label-level F1 of a classifier)."""
-    mode: str = "auto"
+    mode: str = choice("auto", "max", "min")
     """`max`, `min`, or `auto` (min for names with loss / perplexity, else max)."""
 
 
 @dataclass
 class TuneSearchSection:
-    searcher: str = "optuna"
+    searcher: str = choice(*SEARCHERS, default="optuna")
     """`random`, `optuna` (TPE) or `nevergrad`."""
     optimizer: str = "OnePlusOne"
     """Nevergrad optimizer name (OnePlusOne, CMA, TwoPointsDE, NGOpt, ...)."""
-    num_samples: int = 16
+    num_samples: int = bounded(16, at_least=1)
     """Trials."""
-    max_concurrent: int = 1
+    max_concurrent: int = bounded(1, at_least=1)
     """Trials running at once (ConcurrencyLimiter)."""
     seed: int = 0
-    cpus_per_trial: float = 1.0
+    cpus_per_trial: float = bounded(1.0, above=0)
     """Logical CPUs a trial reserves (training mode: the driver function only; its Train workers
     reserve `scaling.num_workers` x `scaling.cpus_per_worker` more, plus one for Ray Data)."""
     include_default: bool = True
     """Also score the default settings: decoding mode `base` alone, training mode the recipe's own
     values (trial 0, if inside the space)."""
-    time_budget_s: float = 0.0
+    time_budget_s: float = bounded(0.0, at_least=0)
     """Stop starting trials after this many seconds (0 = no limit)."""
 
 
 @dataclass
 class TuneSchedulerSection:
-    name: str = "fifo"
+    name: str = choice(*SCHEDULERS)
     """`fifo` (every trial runs to the end) or `asha` (training mode: stops poor trials at
     intermediate evaluations of the objective, an `eval_` metric)."""
-    grace_period: int = 0
+    grace_period: int = bounded(0, at_least=0)
     """ASHA: optimizer steps before a trial may be stopped (0 = the recipe's schedule.eval_every)."""
-    reduction_factor: float = 2.0
-    max_t: int = 0
+    reduction_factor: float = bounded(2.0, above=1)
+    max_t: int = bounded(0, at_least=0)
     """ASHA: steps of a full trial (0 = the recipe's schedule.max_steps)."""
-
-
-@dataclass
-class TuneTrackingSection:
-    enabled: bool = True
-    experiment: str = "bert4ray-tune"
-    run_name: str | None = None
 
 
 @dataclass
@@ -92,12 +92,12 @@ class TuneOutputSection:
     """Where best.yaml, decoding.json and trials.json go (default <workdir>/tune/<name>)."""
 
 
-@dataclass
+@recipe_dataclass
 class TuneRecipe:
     name: str = "tune"
     workdir: str = "bert4ray-runs"
     """MLflow database, Tune's trial logs, training runs and the output go under this directory."""
-    mode: str = "decoding"
+    mode: str = choice(*MODES)
     """`decoding` (settings of a trained model) or `training` (values of a training recipe)."""
     model: str | None = None
     """Decoding mode: the model directory (simbert or dialog)."""
@@ -105,8 +105,8 @@ class TuneRecipe:
     """Training mode: the training recipe file."""
     overrides: list[str] = field(default_factory=list)
     """Training mode: `key=value` overrides applied to the training recipe in every trial."""
-    dev: TuneDevSection = field(default_factory=TuneDevSection)
-    objective: TuneObjectiveSection = field(default_factory=TuneObjectiveSection)
+    dev: TuneDevSection
+    objective: TuneObjectiveSection
     base: dict[str, Any] = field(default_factory=dict)
     """Decoding settings that every trial uses (DecodingConfig keys); a key also in `space` is
     searched, and its `base` value is its default. Training mode: how dev BLEU / F1 decodes."""
@@ -114,12 +114,15 @@ class TuneRecipe:
     """key -> one distribution: {uniform: [lo, hi]}, {loguniform: [lo, hi]}, {randint: [lo, hi]}
     (integers lo..hi, both included), {lograndint: [lo, hi]}, {choice: [a, b, ...]}. Keys are
     DecodingConfig fields (decoding) or dotted training-recipe keys such as optim.lr (training)."""
-    search: TuneSearchSection = field(default_factory=TuneSearchSection)
-    scheduler: TuneSchedulerSection = field(default_factory=TuneSchedulerSection)
-    tracking: TuneTrackingSection = field(default_factory=TuneTrackingSection)
-    output: TuneOutputSection = field(default_factory=TuneOutputSection)
+    search: TuneSearchSection
+    scheduler: TuneSchedulerSection
+    tracking: TrackingSection = tracking_field("bert4ray-tune")
+    output: TuneOutputSection
     result: dict[str, Any] = field(default_factory=dict)
     """Written by `bert4ray tune` into best.yaml (scores, trial, MLflow run); not read."""
+
+    def check(self) -> None:
+        check_tune_recipe(self)
 
 
 @dataclass
@@ -155,17 +158,6 @@ class Param:
         return self.values[0] <= value <= self.values[1]
 
 
-def _parse_raw(value):
-    """`--set base.top_k=5` leaves a command-line string: parse it as YAML."""
-    if isinstance(value, _Raw):
-        return yaml.safe_load(value)
-    if isinstance(value, dict):
-        return {k: _parse_raw(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_parse_raw(v) for v in value]
-    return value
-
-
 def parse_param(key: str, spec: Any) -> Param:
     where = f"space.{key}"
     example = "{uniform: [0.5, 1.0]}, {loguniform: [1.0e-4, 1.0e-2]}, {randint: [1, 40]} or {choice: [true, false]}"
@@ -173,9 +165,7 @@ def parse_param(key: str, spec: Any) -> Param:
         raise RecipeError(f"recipe key '{where}' must be one distribution such as {example}; got {spec!r}")
     (kind, args), = spec.items()
     if kind not in DISTRIBUTIONS:
-        close = difflib.get_close_matches(str(kind), DISTRIBUTIONS, n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise RecipeError(f"recipe key '{where}': unknown distribution '{kind}'{hint}; "
+        raise RecipeError(f"recipe key '{where}': unknown distribution '{kind}'{suggest(kind, DISTRIBUTIONS)}; "
                           f"valid: {', '.join(DISTRIBUTIONS)}")
     if kind == "choice":
         if not isinstance(args, list) or not args:
@@ -204,19 +194,7 @@ def load_tune_recipe(path: str | Path | None = None, overrides: list[str] | None
     """Read a tune recipe (a YAML file, `env:NAME` or a dict), apply `key=value` overrides and check
     its keys, values, space and training recipe (`check_paths`, at the start of a run, checks the
     model directory and the dev file)."""
-    data = dict(data or {})
-    recipe = load_sections(TuneRecipe, path, overrides, data)
-    for name in ("base", "space", "result"):
-        setattr(recipe, name, _parse_raw(getattr(recipe, name) or {}))
-    check_tune_recipe(recipe)
-    return recipe
-
-
-def _choice(key: str, value, choices) -> None:
-    if value not in choices:
-        close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise RecipeError(f"recipe key '{key}' has value {value!r}{hint}; valid: {', '.join(map(str, choices))}")
+    return load_sections(TuneRecipe, path, overrides, data)
 
 
 def objective_mode(recipe: TuneRecipe) -> str:
@@ -231,8 +209,8 @@ def space_params(recipe: TuneRecipe) -> list[Param]:
 
 
 def check_tune_recipe(r: TuneRecipe) -> None:
-    """Every section's values; the first problem raises a RecipeError that names its key."""
-    _check_choices(r)
+    """The checks across sections (each field's choice or bound is checked as it is read); the
+    first problem raises a RecipeError that names its key."""
     params = space_params(r)
     _check_base(r)
     if r.mode == "decoding":
@@ -241,14 +219,6 @@ def check_tune_recipe(r: TuneRecipe) -> None:
         _check_training_search(r, params)
     _check_dev(r)
     _check_search(r)
-    _check_scheduler(r)
-
-
-def _check_choices(r: TuneRecipe) -> None:
-    _choice("mode", r.mode, MODES)
-    _choice("objective.mode", r.objective.mode, ("auto", "max", "min"))
-    _choice("search.searcher", r.search.searcher, SEARCHERS)
-    _choice("scheduler.name", r.scheduler.name, SCHEDULERS)
 
 
 def _check_base(r: TuneRecipe) -> None:
@@ -266,7 +236,7 @@ def _check_decoding_search(r: TuneRecipe, params: list[Param]) -> None:
                           "mode 'decoding' searches the settings of 'model'")
     if not r.model:
         raise RecipeError("recipe key 'model' must name a trained model directory (mode 'decoding')")
-    _choice("objective.metric", r.objective.metric, DECODING_METRICS)
+    check_choice(r.objective.metric, DECODING_METRICS, "objective.metric")
     for p in params:
         _check_decoding_param(r, p)
     if r.scheduler.name == "asha":
@@ -278,8 +248,7 @@ def _check_decoding_param(r: TuneRecipe, p: Param) -> None:
     from components.decoding import DecodingConfig
     fields = [f.name for f in dataclasses.fields(DecodingConfig)]
     if p.key not in fields:
-        close = difflib.get_close_matches(p.key, fields, n=1)
-        hint = f"; did you mean 'space.{close[0]}'?" if close else f"; valid: {', '.join(fields)}"
+        hint = suggest(p.key, fields, "; did you mean 'space.{}'?") or f"; valid: {', '.join(fields)}"
         raise RecipeError(f"recipe key 'space.{p.key}' is not a decoding setting{hint}")
     if p.key == "num_return_sequences":
         raise RecipeError("recipe key 'space.num_return_sequences': a decoding search scores one "
@@ -318,12 +287,11 @@ def _check_training_search(r: TuneRecipe, params: list[Param]) -> None:
 
 def _check_training_objective(metric: str, training) -> None:
     if not (metric in DECODING_METRICS or (metric.startswith("eval_") and len(metric) > 5)):
-        close = difflib.get_close_matches(metric, [*DECODING_METRICS, "eval_loss", "eval_macro_f1",
-                                                   "eval_accuracy", "eval_top1"], n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        hint = suggest(metric, [*DECODING_METRICS, "eval_loss", "eval_macro_f1", "eval_accuracy", "eval_top1"])
         raise RecipeError(f"recipe key 'objective.metric' has value {metric!r}{hint}; valid: bleu, f1, "
                           "or eval_<name> from the task's evaluation (e.g. eval_macro_f1)")
-    if metric in DECODING_METRICS and training.task.name not in GENERATING_TASKS:
+    from pipelines.tasks import task_is
+    if metric in DECODING_METRICS and not task_is(training.task.name, "generates"):
         raise RecipeError(f"recipe key 'objective.metric': {metric} scores generated text, but task "
                           f"'{training.task.name}' does not generate; use one of its eval_ metrics")
 
@@ -342,35 +310,17 @@ def _check_dev(r: TuneRecipe) -> None:
     metric = r.objective.metric
     if (r.mode == "decoding" or metric in DECODING_METRICS) and not r.dev.file:
         raise RecipeError(f"recipe key 'dev.file' must name the dev set that {metric} is computed on")
-    if r.dev.max_rows < 0:
-        raise RecipeError("recipe key 'dev.max_rows' must be >= 0")
 
 
 def _check_search(r: TuneRecipe) -> None:
     if r.search.searcher == "nevergrad":
         names = nevergrad_optimizers()
         if r.search.optimizer not in names:
-            close = difflib.get_close_matches(r.search.optimizer, names, n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise RecipeError(f"recipe key 'search.optimizer': nevergrad has no optimizer "
-                              f"'{r.search.optimizer}'{hint}; e.g. OnePlusOne, CMA, TwoPointsDE, NGOpt")
-    for key in ("num_samples", "max_concurrent"):
-        if getattr(r.search, key) < 1:
-            raise RecipeError(f"recipe key 'search.{key}' must be >= 1, got {getattr(r.search, key)!r}")
-    if r.search.cpus_per_trial <= 0:
-        raise RecipeError("recipe key 'search.cpus_per_trial' must be > 0")
-    if r.search.time_budget_s < 0:
-        raise RecipeError("recipe key 'search.time_budget_s' must be >= 0")
+            raise RecipeError(f"recipe key 'search.optimizer': nevergrad has no optimizer '{r.search.optimizer}'"
+                              f"{suggest(r.search.optimizer, names)}; e.g. OnePlusOne, CMA, TwoPointsDE, NGOpt")
     if r.search.time_budget_s and r.mode == "training":
         raise RecipeError("recipe key 'search.time_budget_s' is for decoding searches: at the deadline Tune "
                           "kills running trials, and a killed Train run keeps its CPUs reserved")
-
-
-def _check_scheduler(r: TuneRecipe) -> None:
-    if r.scheduler.grace_period < 0 or r.scheduler.max_t < 0:
-        raise RecipeError("recipe keys 'scheduler.grace_period' and 'scheduler.max_t' must be >= 0")
-    if r.scheduler.reduction_factor <= 1:
-        raise RecipeError("recipe key 'scheduler.reduction_factor' must be > 1")
 
 
 def check_paths(r: TuneRecipe) -> Path | None:
@@ -388,10 +338,11 @@ def check_paths(r: TuneRecipe) -> Path | None:
         except ValueError as exc:
             raise RecipeError(f"recipe key 'model': {exc}") from None
         from components.config import read_bert4ray_json
+        from pipelines.tasks import task_is, tasks_where
         task = read_bert4ray_json(model_dir).get("task", "simbert")
-        if task not in GENERATING_TASKS:
+        if not task_is(task, "generates"):
             raise RecipeError(f"recipe key 'model': '{r.model}' was trained for '{task}', which does not "
-                              f"generate; decoding searches need a {' or '.join(GENERATING_TASKS)} model")
+                              f"generate; decoding searches need a {' or '.join(tasks_where('generates'))} model")
     needs_dev = r.mode == "decoding" or r.objective.metric in DECODING_METRICS
     if needs_dev and not Path(r.dev.file).is_file():
         raise RecipeError(f"recipe key 'dev.file': '{r.dev.file}' does not exist")
