@@ -21,7 +21,7 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -168,6 +168,43 @@ def _local_init_from(recipe: Recipe, workdir: Path) -> Recipe:
     return dataclasses.replace(recipe, model=dataclasses.replace(recipe.model, init_from=str(path)))
 
 
+def _worker_recipe(local: Recipe, written: Recipe) -> Recipe:
+    """The recipe the workers get: a bucket init_from stays a URI, which each worker resolves into
+    its own node's cache (the driver's local copy is on another disk)."""
+    from components import objectstore
+    if written.model.init_from and objectstore.is_remote(written.model.init_from):
+        return dataclasses.replace(local, model=dataclasses.replace(local.model, init_from=written.model.init_from))
+    return local
+
+
+def _run_id(recipe: Recipe, wd: Workdir, resume: bool) -> str:
+    """A new run's id, or (resume) the last run of this recipe name, from runs/<name>.latest."""
+    if resume:
+        latest = wd.read_text(f"runs/{recipe.name}.latest")
+        if latest is None:
+            raise FileNotFoundError(f"nothing to resume: no earlier run named '{recipe.name}' in {wd}")
+        return latest.strip()
+    return f"{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+
+
+def _start_ray(scaling) -> None:
+    """Ray with the logical CPUs of the Train workers plus one: Ray Data's tokenization tasks need
+    it, or the workers wait forever for their data."""
+    need = int(scaling.num_workers * scaling.cpus_per_worker + 0.999) + 1
+    init_ray(max(os.cpu_count() or 1, need), use_gpu=scaling.use_gpu)
+    _check_cpus(need)
+
+
+def _steps(recipe: Recipe, train_rows: int) -> tuple[int, int]:
+    """(optimizer steps per epoch, total steps) for `train_rows` training rows."""
+    per_step = recipe.scaling.num_workers * recipe.optim.batch_size * recipe.optim.grad_accum
+    steps_per_epoch = train_rows // per_step
+    if steps_per_epoch == 0:
+        raise data_mod.DataError(f"{train_rows} training rows do not fill one step of {per_step} "
+                                 "(workers x batch_size x grad_accum)")
+    return steps_per_epoch, recipe.schedule.max_steps or steps_per_epoch * recipe.schedule.epochs
+
+
 def run_training(recipe: Recipe, output: str | Path | None = None, resume: bool = False,
                  progress: bool = True, recipe_path: str | Path | None = None,
                  on_record: Callable[[dict], None] | None = None,
@@ -183,163 +220,192 @@ def run_training(recipe: Recipe, output: str | Path | None = None, resume: bool 
         step; True ends the run there as `checkpoint.stop_after` does (model_dir None, MLflow run
         KILLED). `bert4ray tune` stops trials that ASHA gives up on this way.
     """
-    import ray
-    import ray.train
-    from ray.data import ExecutionOptions
-    from ray.train.torch import TorchTrainer
-    from ray.util.queue import Empty, Queue
-
-    from pipelines.tracking import Tracker
-
-    wd = Workdir(recipe.workdir)               # a bucket URI is checked here: one line, nothing written
-    workdir = wd.local
-    target, publish_to = local_output(output, wd, "-")      # checks an --output URI early
-    if resume:
-        latest = wd.read_text(f"runs/{recipe.name}.latest")
-        if latest is None:
-            raise FileNotFoundError(f"nothing to resume: no earlier run named '{recipe.name}' in {wd}")
-        run_id = latest.strip()
-    else:
-        run_id = f"{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
-    run_dir = workdir / "runs" / run_id
-    train_files, val_files = _resolve_files(recipe, wd)    # before Ray: bad paths fail fast
-    written, recipe = recipe, _local_init_from(recipe, workdir)   # MLflow and recipe.yaml keep the URI
-    worker_recipe = _worker_recipe(recipe, written)
-
-    wd.pull_file("mlflow.db")                  # a bucket workdir keeps MLflow's store there too
-    tracker = Tracker(written, workdir, artifact_root=wd.artifact_root())   # DB and experiment first
-    # Logical CPUs beyond the Train workers' own: Ray Data's tokenization tasks need one, or the
-    # workers wait forever for their data.
-    need = int(recipe.scaling.num_workers * recipe.scaling.cpus_per_worker + 0.999) + 1
-    init_ray(max(os.cpu_count() or 1, need), use_gpu=recipe.scaling.use_gpu)
-    _check_cpus(need)
-    task = get_task(recipe.task.name)(recipe.task.options)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    wd.write_text(f"runs/{recipe.name}.latest", run_id)
-    dump_recipe(written, run_dir / "recipe.yaml")
-    wd.push_file(f"runs/{run_id}/recipe.yaml")
-    state = wd.read_text(f"runs/{run_id}/state.json") if resume else None
-    previous = json.loads(state) if state else {}
-    tracker.start(run_id, resume_run_id=previous.get("mlflow_run_id"), recipe_file=run_dir / "recipe.yaml")
-    wd.write_text(f"runs/{run_id}/state.json", json.dumps({"mlflow_run_id": tracker.run_id}))
-    wd.push_file("mlflow.db")                  # the run exists in the bucket's copy even if killed
-    history: list[dict] = []
+    job = TrainingJob(recipe, output, resume)
+    job.setup()
     failed = False
     try:
-        train_ds, val_ds, report = data_mod.load_splits(recipe, task, train_files, val_files)
+        job.prepare_data()
+        outcome = job.fit(progress, on_record, should_stop)
+        metrics = dict(outcome.metrics or {})
+        if metrics.get("stopped"):                 # checkpoint.stop_after: no export yet
+            job.tracker.finish_stopped()
+            return job.result(None, metrics)
+        return job.export(outcome.checkpoint, metrics)
+    except BaseException as exc:
+        failed = True
+        job.tracker.finish_failed(exc)
+        raise
+    finally:
+        job.push_tracking(failed)
+
+
+class TrainingJob:
+    """One training run, in the order run_training takes its steps: the constructor names the run
+    and checks its inputs (before Ray), then setup (Ray, run directory, MLflow run), prepare_data
+    (splits, vocabulary, model config, tokenized datasets), fit (Ray Train) and export."""
+
+    def __init__(self, recipe: Recipe, output: str | Path | None, resume: bool):
+        self.wd = Workdir(recipe.workdir)          # a bucket URI is checked here: one line, nothing written
+        self.output, self.resume = output, resume
+        local_output(output, self.wd, "-")         # checks an --output URI early
+        self.run_id = _run_id(recipe, self.wd, resume)
+        self.run_dir = self.wd.local / "runs" / self.run_id
+        self.train_files, self.val_files = _resolve_files(recipe, self.wd)    # before Ray: bad paths fail fast
+        self.written = recipe                      # MLflow and recipe.yaml keep an init_from URI
+        self.recipe = _local_init_from(recipe, self.wd.local)
+        self.worker_recipe = _worker_recipe(self.recipe, recipe)
+        self.history: list[dict] = []              # every progress record the workers sent
+
+    def setup(self) -> None:
+        """The MLflow experiment, Ray, the task, the run directory (recipe.yaml; runs/<name>.latest
+        names this run) and the MLflow run (a resumed run continues its own)."""
+        from pipelines.tracking import Tracker
+        wd, recipe = self.wd, self.recipe
+        wd.pull_file("mlflow.db")                  # a bucket workdir keeps MLflow's store there too
+        self.tracker = Tracker(self.written, wd.local, artifact_root=wd.artifact_root())   # DB and experiment first
+        _start_ray(recipe.scaling)
+        self.task = get_task(recipe.task.name)(recipe.task.options)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        wd.write_text(f"runs/{recipe.name}.latest", self.run_id)
+        dump_recipe(self.written, self.run_dir / "recipe.yaml")
+        wd.push_file(f"runs/{self.run_id}/recipe.yaml")
+        state = wd.read_text(f"runs/{self.run_id}/state.json") if self.resume else None
+        previous = json.loads(state) if state else {}
+        self.tracker.start(self.run_id, resume_run_id=previous.get("mlflow_run_id"),
+                           recipe_file=self.run_dir / "recipe.yaml")
+        wd.write_text(f"runs/{self.run_id}/state.json", json.dumps({"mlflow_run_id": self.tracker.run_id}))
+        wd.push_file("mlflow.db")                  # the run exists in the bucket's copy even if killed
+
+    def prepare_data(self) -> None:
+        """The checked splits, the vocabulary (written to the run directory), the model config, the
+        step counts (logged to MLflow) and the tokenized datasets the workers read."""
+        recipe, task = self.recipe, self.task
+        train_ds, self.val_ds, self.report = data_mod.load_splits(recipe, task, self.train_files, self.val_files)
         task.prepare(train_ds)
-        vocab_text = _vocabulary(recipe, train_ds, task)
-        wd.write_text(f"runs/{run_id}/vocab.txt", vocab_text)
-        vocab_tokens = vocab_text.splitlines()
-        model_cfg = _model_config(recipe, len(vocab_tokens), task,
-                                  sep_id=vocab_tokens.index("[SEP]") if "[SEP]" in vocab_tokens else None)
-        world = recipe.scaling.num_workers
-        per_step = world * recipe.optim.batch_size * recipe.optim.grad_accum
-        steps_per_epoch = report.train // per_step
-        if steps_per_epoch == 0:
-            raise data_mod.DataError(f"{report.train} training rows do not fill one step of {per_step} "
-                                     "(workers x batch_size x grad_accum)")
-        total = recipe.schedule.max_steps or steps_per_epoch * recipe.schedule.epochs
-        tracker.log_params({"data.train_rows": report.train, "data.validation_rows": report.validation,
-                            "data.bad_rows": report.bad, "model.vocab_size": model_cfg.vocab_size,
-                            "train.total_steps": total, "train.steps_per_epoch": steps_per_epoch})
+        self.vocab_text = _vocabulary(recipe, train_ds, task)
+        self.wd.write_text(f"runs/{self.run_id}/vocab.txt", self.vocab_text)
+        vocab_tokens = self.vocab_text.splitlines()
+        self.model_cfg = _model_config(recipe, len(vocab_tokens), task,
+                                       sep_id=vocab_tokens.index("[SEP]") if "[SEP]" in vocab_tokens else None)
+        self.steps_per_epoch, self.total = _steps(recipe, self.report.train)
+        self.tracker.log_params({"data.train_rows": self.report.train, "data.validation_rows": self.report.validation,
+                                 "data.bad_rows": self.report.bad, "model.vocab_size": self.model_cfg.vocab_size,
+                                 "train.total_steps": self.total, "train.steps_per_epoch": self.steps_per_epoch})
+        tok = data_mod.tokenizer_from_text(self.vocab_text, recipe.model.lowercase)
+        max_len = min(recipe.data.max_length, self.model_cfg.max_position_embeddings, tok.max_length)
+        self.datasets = {"train": data_mod.tokenize(train_ds, task, self.vocab_text, recipe.model.lowercase, max_len)}
+        if self.report.validation:
+            self.datasets["validation"] = data_mod.tokenize(self.val_ds, task, self.vocab_text,
+                                                            recipe.model.lowercase, max_len)
 
-        tok = data_mod.tokenizer_from_text(vocab_text, recipe.model.lowercase)
-        max_len = min(recipe.data.max_length, model_cfg.max_position_embeddings, tok.max_length)
-        datasets = {"train": data_mod.tokenize(train_ds, task, vocab_text, recipe.model.lowercase, max_len)}
-        if report.validation:
-            datasets["validation"] = data_mod.tokenize(val_ds, task, vocab_text, recipe.model.lowercase, max_len)
+    def fit(self, progress: bool, on_record: Callable[[dict], None] | None,
+            should_stop: Callable[[], bool] | None):
+        """Run the workers on Ray Train and follow their progress records as they arrive (the live
+        line, MLflow metrics, on_record, self.history). Returns Ray Train's Result."""
+        from ray.util.queue import Queue
         queue = Queue(maxsize=10_000)
-        loop_config = {"recipe": worker_recipe, "task": task, "model_config": dataclasses.asdict(model_cfg),
-                       "vocab_text": vocab_text, "steps_per_epoch": steps_per_epoch, "total_steps": total,
-                       "progress": queue, "metadata": {"run_id": run_id, "labels": task.meta.get("labels")},
-                       "has_validation": "validation" in datasets, "should_stop": should_stop}
-        s = recipe.scaling
-        trainer = TorchTrainer(
-            train_loop, train_loop_config=loop_config, datasets=datasets,
-            # Every rank reads the whole stream in order and keeps its own rows (see worker.py).
-            dataset_config=ray.train.DataConfig(datasets_to_split=[],
-                                                execution_options=ExecutionOptions(preserve_order=True)),
-            scaling_config=ray.train.ScalingConfig(num_workers=world, use_gpu=s.use_gpu,
-                                                   resources_per_worker={"CPU": s.cpus_per_worker,
-                                                                         **s.resources_per_worker}),
-            run_config=ray.train.RunConfig(
-                name=run_id, storage_path=wd.ray_storage(),
-                failure_config=ray.train.FailureConfig(max_failures=recipe.checkpoint.max_failures),
-                checkpoint_config=ray.train.CheckpointConfig(num_to_keep=recipe.checkpoint.keep)))
-
-        outcome: dict = {}
-
-        def fit():
-            try:
-                outcome["result"] = trainer.fit()
-            except BaseException as exc:  # noqa: BLE001 - handed to the main thread
-                outcome["error"] = exc
-
-        thread = threading.Thread(target=fit, daemon=True)
-        thread.start()
-        with _Progress(total, enabled=progress) as bar:
-            while True:
-                try:
-                    record = queue.get(timeout=0.5)
-                except Empty:
-                    if not thread.is_alive():
-                        break
-                    continue
-                history.append(record)
+        trainer = self._trainer(queue, should_stop)
+        thread, outcome = _fit_in_background(trainer)
+        with _Progress(self.total, enabled=progress) as bar:
+            for record in _records_until_done(queue, thread):
+                self.history.append(record)
                 bar.update(record)
                 if on_record is not None:
                     on_record(record)
-                tracker.log_metrics({k: v for k, v in record.items() if k not in ("step", "total", "epoch")},
-                                    step=int(record["step"]))
+                self.tracker.log_metrics({k: v for k, v in record.items() if k not in ("step", "total", "epoch")},
+                                         step=int(record["step"]))
         thread.join()
         if "error" in outcome:
             raise outcome["error"]
         result = outcome["result"]
         if result.error:
             raise result.error
-        metrics = dict(result.metrics or {})
-        if metrics.get("stopped"):                 # checkpoint.stop_after: no export yet
-            tracker.finish_stopped()
-            return TrainingResult(model_dir=None, metrics=metrics, mlflow_run_id=tracker.run_id,
-                                  run_id=run_id, data_report=report, history=history)
-        target, publish_to = local_output(output, wd, run_id)
-        with result.checkpoint.as_directory() as d, atomic_directory(target) as tmp:
+        return result
+
+    def _trainer(self, queue, should_stop: Callable[[], bool] | None):
+        import ray.train
+        from ray.data import ExecutionOptions
+        from ray.train.torch import TorchTrainer
+        recipe, task, s = self.recipe, self.task, self.recipe.scaling
+        loop_config = {"recipe": self.worker_recipe, "task": task, "model_config": dataclasses.asdict(self.model_cfg),
+                       "vocab_text": self.vocab_text, "steps_per_epoch": self.steps_per_epoch,
+                       "total_steps": self.total, "progress": queue,
+                       "metadata": {"run_id": self.run_id, "labels": task.meta.get("labels")},
+                       "has_validation": "validation" in self.datasets, "should_stop": should_stop}
+        return TorchTrainer(
+            train_loop, train_loop_config=loop_config, datasets=self.datasets,
+            # Every rank reads the whole stream in order and keeps its own rows (see worker.py).
+            dataset_config=ray.train.DataConfig(datasets_to_split=[],
+                                                execution_options=ExecutionOptions(preserve_order=True)),
+            scaling_config=ray.train.ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu,
+                                                   resources_per_worker={"CPU": s.cpus_per_worker,
+                                                                         **s.resources_per_worker}),
+            run_config=ray.train.RunConfig(
+                name=self.run_id, storage_path=self.wd.ray_storage(),
+                failure_config=ray.train.FailureConfig(max_failures=recipe.checkpoint.max_failures),
+                checkpoint_config=ray.train.CheckpointConfig(num_to_keep=recipe.checkpoint.keep)))
+
+    def export(self, checkpoint, metrics: dict) -> TrainingResult:
+        """The model directory from the final checkpoint, with the task's report on validation rows
+        and the model card; published to a bucket when asked; the MLflow run finished."""
+        from pipelines.model_card import write_model_card
+        target, publish_to = local_output(self.output, self.wd, self.run_id)
+        with checkpoint.as_directory() as d, atomic_directory(target) as tmp:
             src = Path(d) / MODEL_SUBDIR
             if not src.is_dir():
-                raise RuntimeError(f"the final checkpoint {result.checkpoint.path} holds no exported model")
+                raise RuntimeError(f"the final checkpoint {checkpoint.path} holds no exported model")
             shutil.copytree(src, tmp, dirs_exist_ok=True)
-        if task.report_rows and report.validation:
-            rows = [json.loads(r["record"]) for r in val_ds.take(task.report_rows)]
-            extra, files = task.export_report(target, rows)
+        if self.task.report_rows and self.report.validation:
+            rows = [json.loads(r["record"]) for r in self.val_ds.take(self.task.report_rows)]
+            extra, files = self.task.export_report(target, rows)
             metrics.update(extra)
-            tracker.log_text_artifacts(files, extra)
-        from pipelines.model_card import write_model_card
-        write_model_card(target, written, metrics, report, run_id=run_id, mlflow_run_id=tracker.run_id)
+            self.tracker.log_text_artifacts(files, extra)
+        write_model_card(target, self.written, metrics, self.report, run_id=self.run_id,
+                         mlflow_run_id=self.tracker.run_id)
         if publish_to:
             publish_model(target, publish_to)
-        tracker.finish_success(target, metrics, report)
-    except BaseException as exc:
-        failed = True
-        tracker.finish_failed(exc)
-        raise
-    finally:
+        self.tracker.finish_success(target, metrics, self.report)
+        return self.result(target, metrics, location=publish_to or str(target))
+
+    def result(self, model_dir: Path | None, metrics: dict, location: str = "") -> TrainingResult:
+        return TrainingResult(model_dir=model_dir, model_location=location, metrics=metrics,
+                              mlflow_run_id=self.tracker.run_id, run_id=self.run_id, data_report=self.report,
+                              history=self.history)
+
+    def push_tracking(self, failed: bool) -> None:
+        """MLflow's store back to a bucket workdir, at the end of every run."""
         try:
-            wd.push_file("mlflow.db")
+            self.wd.push_file("mlflow.db")
         except Exception:
             if not failed:                     # never hide the error that ended the run
                 raise
-    return TrainingResult(model_dir=target, model_location=publish_to or str(target), metrics=metrics,
-                          mlflow_run_id=tracker.run_id, run_id=run_id, data_report=report, history=history)
 
 
-def _worker_recipe(local: Recipe, written: Recipe) -> Recipe:
-    """The recipe the workers get: a bucket init_from stays a URI, which each worker resolves into
-    its own node's cache (the driver's local copy is on another disk)."""
-    from components import objectstore
-    if written.model.init_from and objectstore.is_remote(written.model.init_from):
-        return dataclasses.replace(local, model=dataclasses.replace(local.model, init_from=written.model.init_from))
-    return local
+def _fit_in_background(trainer) -> tuple[threading.Thread, dict]:
+    """trainer.fit() in a thread, so this one can follow the progress queue; the thread's dict gets
+    "result" or "error"."""
+    outcome: dict = {}
+
+    def fit():
+        try:
+            outcome["result"] = trainer.fit()
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=fit, daemon=True)
+    thread.start()
+    return thread, outcome
+
+
+def _records_until_done(queue, thread: threading.Thread) -> Iterator[dict]:
+    """The workers' progress records as they arrive, until the fitting thread has ended."""
+    from ray.util.queue import Empty
+    while True:
+        try:
+            yield queue.get(timeout=0.5)
+        except Empty:
+            if not thread.is_alive():
+                return
 
 
 class _Progress:
