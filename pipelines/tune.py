@@ -33,9 +33,9 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import time
 from pathlib import Path
 
+from pipelines.job import new_run_id
 from pipelines.tune_recipe import (
     Param,
     TuneRecipe,
@@ -53,7 +53,7 @@ from pipelines.tune_results import (
     write_outputs,
 )
 from pipelines.tune_schedulers import StopBoard, graceful_asha, make_searcher
-from pipelines.tune_tracking import SearchTracking, trial_events
+from pipelines.tune_tracking import SearchTracking, resolved, trial_events
 from pipelines.tune_trials import decoding_trial, evaluate_decoding, training_trial
 
 __all__ = ["TrialRecord", "TuneResult", "run_tune"]
@@ -61,6 +61,7 @@ __all__ = ["TrialRecord", "TuneResult", "run_tune"]
 
 def run_tune(recipe: TuneRecipe, progress: bool = True, log=print) -> TuneResult:
     """Run the search; write best.yaml, decoding.json (decoding mode) and trials.json."""
+    from pipelines.tracking import tracked_run
     say = log if progress else None
     model_dir = check_paths(recipe)            # a decoding search's model as a directory
     params = space_params(recipe)
@@ -71,23 +72,23 @@ def run_tune(recipe: TuneRecipe, progress: bool = True, log=print) -> TuneResult
     training = base_training_recipe(recipe) if recipe.mode == "training" else None
     tracking = SearchTracking(recipe, workdir)      # the DB and experiment exist before any trial runs
     _start_ray(recipe, training)
-    tracking.start(recipe, params)
-    result.parent_run_id = tracking.run_id
-    spec = _trial_spec(recipe, workdir, model_dir, tracking.run_id)
-    try:
+    tags = {"bert4ray.task": "tune", "bert4ray.tune.mode": recipe.mode}
+    with tracked_run(recipe.tracking, workdir, new_run_id(recipe.name, with_pid=False), resolved(recipe),
+                     tags) as parent:
+        tracking.parent, result.parent_run_id = parent, parent.run_id
+        spec = _trial_spec(recipe, workdir, model_dir, parent.run_id)
         points = _default_settings(recipe, params, training, spec, tracking, result, say)
         if not params:
             result.chosen = dict(recipe.base)
             result.note = "the space is empty: only the base settings were scored"
-            tracking.finish({f"default_{k}": v for k, v in (result.default or {}).items()}, [])
+            parent.log_metrics({f"default_{k}": v for k, v in (result.default or {}).items()})
             return result
         result.trials = _run_trials(recipe, params, training, spec, tracking, result, points, say)
         choose_best(result, recipe)
         files = write_outputs(result, recipe, workdir, result.output_dir)
-        tracking.finish(search_summary(result), files)
-    except BaseException as exc:
-        tracking.fail(exc)
-        raise
+        parent.log_metrics(search_summary(result))
+        for f in files:
+            parent.log_artifact(f)
     return result
 
 
@@ -197,7 +198,7 @@ def _tuner(recipe: TuneRecipe, training, spec: dict, search: tuple, board, event
             reuse_actors=recipe.mode == "decoding",
             trial_name_creator=lambda t: t.trial_id, trial_dirname_creator=lambda t: t.trial_id),
         run_config=tune.RunConfig(
-            name=f"{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}",
+            name=new_run_id(recipe.name, with_pid=False),
             storage_path=str(Path(spec["workdir"]) / "ray-tune"), verbose=0, callbacks=[events],
             # A failing training trial (e.g. an objective the task does not report) most likely
             # fails them all, and each costs a training run: stop at the first.

@@ -1,16 +1,15 @@
-"""MLflow for `bert4ray tune`: one parent run for the search, one child run per trial (tag
-`mlflow.parentRunId`), and the Tune callback that keeps the decoding trials' child runs and prints
+"""MLflow for `bert4ray tune`: one parent run for the search (tracked_run), one child run per trial
+(tag `mlflow.parentRunId`), and the Tune callback that keeps the decoding trials' child runs and prints
 a line per finished trial."""
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pipelines.tune_recipe import Param, TuneRecipe, objective_mode
+from pipelines.tune_recipe import TuneRecipe, objective_mode
 from pipelines.tune_results import finite_number
 
 if TYPE_CHECKING:
@@ -18,12 +17,14 @@ if TYPE_CHECKING:
 
 
 class SearchTracking:
-    """The parent run (driver) and, in decoding mode, one child run per trial, all written from the
-    driver with an MlflowClient (training trials open their own child runs via run_training)."""
+    """The children of the search's parent run (`parent`, a JobRun that run_tune opens with
+    tracked_run): in decoding mode one child run per trial, written from the driver with an
+    MlflowClient (training trials open their own child runs via run_training)."""
 
     def __init__(self, recipe: TuneRecipe, workdir: Path):
+        from pipelines.tracking import JobRun
         self.enabled = recipe.tracking.enabled
-        self.run_id: str | None = None
+        self.parent = JobRun()
         self.children: dict[str, str] = {}
         if not self.enabled:
             return
@@ -33,22 +34,9 @@ class SearchTracking:
         self.experiment_id = use_experiment(workdir, recipe.tracking.experiment)
         self.client = MlflowClient(tracking_uri(workdir))
 
-    def start(self, recipe: TuneRecipe, params: list[Param]) -> None:
-        if not self.enabled:
-            return
-        from pipelines.tracking import run_tags
-        tags = run_tags({"bert4ray.task": "tune", "bert4ray.tune.mode": recipe.mode})
-        name = recipe.tracking.run_name or f"{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        self.run_id = self.client.create_run(self.experiment_id, run_name=name, tags=tags).info.run_id
-        values = {"mode": recipe.mode, "model": recipe.model, "recipe": recipe.recipe,
-                  "overrides": " ".join(recipe.overrides), "dev.file": recipe.dev.file,
-                  "dev.max_rows": recipe.dev.max_rows, "objective.metric": recipe.objective.metric,
-                  "objective.mode": objective_mode(recipe),
-                  **{f"search.{k}": v for k, v in dataclasses.asdict(recipe.search).items()},
-                  **{f"scheduler.{k}": v for k, v in dataclasses.asdict(recipe.scheduler).items()},
-                  **{f"base.{k}": v for k, v in recipe.base.items()},
-                  **{f"space.{p.key}": json.dumps({p.kind: p.values}) for p in params}}
-        self.log_params(self.run_id, values)
+    @property
+    def run_id(self) -> str | None:
+        return self.parent.run_id
 
     def log_params(self, run_id: str, values: dict) -> None:
         from mlflow.entities import Param as MlflowParam
@@ -90,20 +78,10 @@ class SearchTracking:
             self.client.set_terminated(run.info.run_id, "KILLED")
         return len(runs)
 
-    def finish(self, metrics: dict, files: list[Path]) -> None:
-        if not (self.enabled and self.run_id):
-            return
-        self.log_metrics(self.run_id, metrics)
-        for f in files:
-            self.client.log_artifact(self.run_id, str(f))
-        self.client.set_terminated(self.run_id, "FINISHED")
 
-    def fail(self, exc: BaseException) -> None:
-        if self.enabled and self.run_id:
-            try:
-                self.client.set_tag(self.run_id, "bert4ray.error", f"{type(exc).__name__}: {exc}"[:5000])
-            finally:
-                self.client.set_terminated(self.run_id, "FAILED")
+def resolved(recipe: TuneRecipe) -> TuneRecipe:
+    """The recipe as the search runs it (objective.mode auto resolved): what the parent run logs."""
+    return dataclasses.replace(recipe, objective=dataclasses.replace(recipe.objective, mode=objective_mode(recipe)))
 
 
 def trial_events(tracking: SearchTracking, result: TuneResult, recipe: TuneRecipe, progress):

@@ -146,7 +146,8 @@ def test_optuna_beats_the_defaults_tracks_in_mlflow_and_writes_a_recipe_that_run
     parent = client.get_run(result.parent_run_id)
     assert parent.info.status == "FINISHED" and parent.data.metrics["best_bleu"] == pytest.approx(result.best.score)
     assert parent.data.metrics["default_bleu"] == pytest.approx(result.default["bleu"])
-    assert parent.data.params["search.searcher"] == "optuna" and "space.top_k" in parent.data.params
+    assert parent.data.params["search.searcher"] == "optuna" and "space.top_k.randint" in parent.data.params
+    assert parent.data.params["objective.mode"] == "max"              # the recipe as resolved (auto -> max)
     children = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{result.parent_run_id}'")
     assert len(children) == 9 and all(c.info.status == "FINISHED" for c in children)
     by_trial = {c.data.tags.get("bert4ray.tune.trial_id"): c for c in children}
