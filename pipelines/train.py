@@ -20,7 +20,6 @@ import json
 import os
 import shutil
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +27,7 @@ from pathlib import Path
 from components.config import ModelConfig
 from components.io import atomic_directory
 from pipelines import data as data_mod
+from pipelines.job import new_run_id
 from pipelines.recipe import Recipe, dump_recipe
 from pipelines.storage import Workdir, local_output, publish_model
 from pipelines.tasks import get_task
@@ -184,7 +184,7 @@ def _run_id(recipe: Recipe, wd: Workdir, resume: bool) -> str:
         if latest is None:
             raise FileNotFoundError(f"nothing to resume: no earlier run named '{recipe.name}' in {wd}")
         return latest.strip()
-    return f"{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    return new_run_id(recipe.name)
 
 
 def _start_ray(scaling) -> None:
