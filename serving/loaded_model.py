@@ -5,14 +5,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from components.weights import model_fingerprint
-
 
 class LoadedModel:
     kind = "model"
     """What sort of model it is, for /v1/models (e.g. "simbert-encoder", "dialogue-lm")."""
 
     def __init__(self, model_dir: str | Path, kind: str | None = None):
+        from components.weights import model_fingerprint  # imports torch: only where a model loads
+
         self.model_dir = Path(model_dir)
         self.fingerprint = model_fingerprint(self.model_dir)
         if kind is not None:
