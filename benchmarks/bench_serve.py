@@ -10,10 +10,12 @@ Starts a local Ray and Serve on 127.0.0.1 (a free port) with two copies of the a
 side: "on" (route prefix /on, `batching.enabled: true`) and "off" (/off, `batching.enabled:
 false`), same model, index, replicas and limits. Without --model it trains a tiny SimBERT (the
 tests' recipe, a few seconds) and indexes its corpus. For every route and concurrency the two are
-measured back to back (warm-up first), alternating for --rounds rounds, and the best round of each
-is kept, so that load from other jobs on the machine hits both alike. Every cell
+measured back to back (warm-up first), alternating for --rounds rounds; the tables give the range
+over the rounds (min–max) of each arm and of the on/off ratio taken within a round, so that load from
+other jobs on the machine hits both arms of a ratio alike. Every cell
 is bounded: at most max(--min-requests, --per-client × concurrency) requests and --cell-timeout
-seconds. Goal: batching on ≥ 3× the throughput of batching off at concurrency 32.
+seconds. Goals: batching on ≥ 0.95× the throughput of batching off at concurrency 1 (an idle
+deployment dispatches at once), and as high as it goes at concurrency 32.
 
 --compute-ceiling measures, in this process and without Serve, what batching saves of the model's
 own work per request (32 requests one by one vs in one batch) for models of the given sizes: the
@@ -39,7 +41,7 @@ import numpy as np  # noqa: E402
 
 from tests.tiny_training import GROUPS  # noqa: E402
 
-GOAL = 3.0
+IDLE_GOAL = 0.95
 
 
 def free_port() -> int:
@@ -178,8 +180,8 @@ def main() -> None:
     p.add_argument("--min-requests", type=int, default=96, help="at least this many requests per cell")
     p.add_argument("--cell-timeout", type=float, default=120, help="seconds at most per cell")
     p.add_argument("--rounds", type=int, default=3,
-                   help="measure every cell this many times (on and off alternating); the table keeps the "
-                        "best round of each, as other jobs on the machine only ever slow a round down")
+                   help="measure every cell this many times (on and off alternating); the tables give the "
+                        "range over the rounds")
     p.add_argument("--n", type=int, default=8, help="/v1/similar: candidates sampled per request")
     p.add_argument("--k", type=int, default=5)
     p.add_argument("--max-new-tokens", type=int, default=16, help="/v1/similar: decoding steps")
@@ -235,8 +237,6 @@ def main() -> None:
                 make_body = bodies(route, args.n, args.k, args.max_new_tokens)
                 for c in levels:
                     total = max(args.min_requests, args.per_client * c)
-                    best: dict[str, dict] = {}
-                    errors: dict[str, int] = {}
                     for rnd in range(args.rounds):
                         for mode in ("on", "off"):
                             warm = asyncio.run(run_cell(f"{base}/{mode}", route, make_body, c, 2 * c,
@@ -250,11 +250,7 @@ def main() -> None:
                                   f"{cell['throughput']:7.1f} req/s  p50 {cell['p50_ms']:7.1f} ms  "
                                   f"p99 {cell['p99_ms']:7.1f} ms  ({cell['requests']} ok, {cell['errors']} errors, "
                                   f"{cell['seconds']:.1f} s)", flush=True)
-                            errors[mode] = errors.get(mode, 0) + cell["errors"]
-                            if mode not in best or cell["throughput"] > best[mode]["throughput"]:
-                                best[mode] = cell
-                    for mode in ("on", "off"):
-                        results.append({**best[mode], "errors": errors[mode]})     # errors of all rounds
+                            results.append(cell)
             # The ceiling of the HTTP path alone (proxy + FastAPI ingress, no model call): what
             # batching can at most approach when the model's own work is small.
             top = max(levels)
@@ -266,29 +262,39 @@ def main() -> None:
             serve.shutdown()
             ray.shutdown()
 
+    def cells_of(route: str, c: int, mode: str) -> list[dict]:
+        return sorted((r for r in results if (r["route"], r["concurrency"], r["batching"]) == (route, c, mode)),
+                      key=lambda r: r["round"])
+
+    def span(values: list[float], fmt: str = "{:.1f}") -> str:
+        return f"{fmt.format(min(values))}–{fmt.format(max(values))}"
+
+    def ratios(route: str, c: int) -> list[float]:
+        return [on["throughput"] / off["throughput"] for on, off in zip(cells_of(route, c, "on"), cells_of(route, c, "off"))]
+
     print()
-    print(f"Best of {args.rounds} rounds per cell; errors summed over all rounds.")
-    print("| route | concurrency | batching | requests | req/s | p50 ms | p99 ms | errors |")
-    print("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |")
-    for r in results:
-        print(f"| `{r['route']}` | {r['concurrency']} | {r['batching']} | {r['requests']} | {r['throughput']:.1f} | "
-              f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['errors']} |")
-    print()
-    cells = {(r["route"], r["concurrency"], r["batching"]): r for r in results}
-    print("| route | " + " | ".join(f"on/off at {c}" for c in levels) + " |")
-    print("| --- | " + " | ".join("---:" for _ in levels) + " |")
+    print(f"Range over {args.rounds} interleaved rounds (min–max); the ratio is taken within each round.")
+    print("| route | concurrency | on req/s | off req/s | on / off | p50 on / off ms | p99 on / off ms | errors |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for route in routes:
-        ratios = [cells[(route, c, "on")]["throughput"] / cells[(route, c, "off")]["throughput"] for c in levels]
-        print(f"| `{route}` | " + " | ".join(f"{x:.2f}×" for x in ratios) + " |")
+        for c in levels:
+            on, off = cells_of(route, c, "on"), cells_of(route, c, "off")
+            med = lambda cells, key: float(np.median([x[key] for x in cells]))  # noqa: E731
+            print(f"| `{route}` | {c} | {span([x['throughput'] for x in on])} | {span([x['throughput'] for x in off])} | "
+                  f"{span(ratios(route, c), '{:.2f}')}× | {med(on, 'p50_ms'):.1f} / {med(off, 'p50_ms'):.1f} | "
+                  f"{med(on, 'p99_ms'):.1f} / {med(off, 'p99_ms'):.1f} | {sum(x['errors'] for x in on + off)} |")
+    print("(latencies: median over the rounds)")
     for mode in ("on", "off"):
         print(f"batching {mode}: mean model batch " + ", ".join(
             f"{cap} {c['requests'] / max(1, c['batches']):.1f} ({c['requests']} requests)" for cap, c in served[mode].items()))
     print(f"HTTP path alone (GET /healthz: proxy + ingress, no model call) at concurrency {top}: "
           f"{ceiling:.1f} req/s")
     for route in routes:
-        ratio = cells[(route, top, "on")]["throughput"] / cells[(route, top, "off")]["throughput"]
-        verdict = "meets" if ratio >= GOAL else "misses"
-        print(f"{route}: batching on / off at concurrency {top}: {ratio:.2f}× ({verdict} the goal of ≥ {GOAL:g}×)")
+        if 1 in levels:
+            low = min(ratios(route, 1))
+            print(f"{route}: batching on / off at concurrency 1: {span(ratios(route, 1), '{:.2f}')}× "
+                  f"({'meets' if low >= IDLE_GOAL else 'misses'} the goal of ≥ {IDLE_GOAL:g}× in every round)")
+        print(f"{route}: batching on / off at concurrency {top}: {span(ratios(route, top), '{:.2f}')}×")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
 
