@@ -4,6 +4,7 @@ REST API) on a Ray head of the test's own with 2 CPUs."""
 
 from __future__ import annotations
 
+import re
 import signal
 import time
 
@@ -74,7 +75,8 @@ def test_deployment_overrides_take_effect(head, tmp_path, simbert_dir, index_dir
         r = httpx.post(f"{base}/v1/similar", json={"text": "明天会下雨吗", "n": 4, "k": 2}, timeout=30)
         assert r.status_code == 200, r.text
         if program == "bert4ray":                       # its start-up line says the same
-            assert "retriever 0.87 CPU, generator 0.4 CPU x2, ingress 0.25 CPU" in server.output()
+            # printed once Serve reports the app running, which may come after the first answer
+            server.wait_for(re.compile(re.escape("retriever 0.87 CPU, generator 0.4 CPU x2, ingress 0.25 CPU")), 60)
     finally:
         server.stop(sig=signal.SIGTERM if program == "bert4ray" else signal.SIGINT)
         with pytest.raises(httpx.HTTPError):
