@@ -82,7 +82,7 @@ def read_corpus(path: str | Path) -> list[dict]:
     return rows
 
 
-def build_index(model_dir: str | Path, corpus: str | Path, out_dir: str | Path, kind: str = "auto",
+def build_index(model_dir: str | Path, corpus: str | Path | list[dict], out_dir: str | Path, kind: str = "auto",
                 hnsw_threshold: int = 50_000, actors: int = 1, batch_size: int = 256,
                 max_length: int = 64, ef_search: int = 256, nprobe: int = 16,
                 num_gpus_per_actor: float = 0.0) -> VectorIndex:
@@ -94,7 +94,7 @@ def build_index(model_dir: str | Path, corpus: str | Path, out_dir: str | Path, 
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
         raise FileNotFoundError(f"'{model_dir}' is not a model directory (no config.json)")
-    rows = read_corpus(corpus)
+    rows = corpus if isinstance(corpus, list) else read_corpus(corpus)     # rows: read once by the caller
     # The embed actor of `bert4ray predict`; texts past max_length are cut, as SimBERT.encode does.
     ds = ray.data.from_items(rows).map_batches(
         Predictor, fn_constructor_args=("embed", str(model_dir)),

@@ -34,11 +34,11 @@ def run(args) -> int:
 
     if args.num_gpus_per_actor < 0:
         raise ValueError(f"--num-gpus-per-actor must be >= 0, got {args.num_gpus_per_actor}")
-    read_corpus(args.corpus)                     # fail on a bad file before Ray starts
+    rows = read_corpus(args.corpus)              # fail on a bad file before Ray starts; read once
     model_dir = resolve_model(args.model)        # and on a bad model (a URI is downloaded once)
     init_ray()
     t0 = time.perf_counter()
-    index = build_index(model_dir, args.corpus, args.out, kind=args.kind, hnsw_threshold=args.hnsw_threshold,
+    index = build_index(model_dir, rows, args.out, kind=args.kind, hnsw_threshold=args.hnsw_threshold,
                         actors=args.actors, max_length=args.max_length, ef_search=args.ef_search,
                         nprobe=args.nprobe, num_gpus_per_actor=args.num_gpus_per_actor)
     print(f"indexed {len(index)} texts ({index.resolved_kind}, dim {index.dim}) in "
