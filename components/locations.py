@@ -5,6 +5,7 @@ a local model directory.
     register_scheme("models:/", handler)          # pipelines and serving register MLflow's schemes
     resolve_model("models:/simbert@champion")     # -> Path of a cached, complete download
     resolve_model("runs/quickstart/model")        # -> the directory itself
+    resolve_index("s3://bucket/indexes/faq")      # -> Path of a cached, complete index download
 
 A scheme handler has `fetch(reference, dest)`, which writes the model's files under `dest`; it
 may have `pin(reference) -> str`, which names exactly what `reference` points at now (an alias
@@ -91,17 +92,19 @@ def find_model_dir(root: Path) -> Path | None:
     return None
 
 
+def find_index_dir(root: Path) -> Path | None:
+    """`root` if it holds an index (index.json), else None."""
+    return root if (root / "index.json").is_file() else None
+
+
 def resolve_model(reference: str | Path, cache_dir: str | Path | None = None) -> Path:
     """A local model directory (config.json and weights) for `reference`. Raises
     FileNotFoundError for a missing or non-model local path and ValueError for a URI that cannot
     be fetched; both name the reference."""
     text = str(reference)
     if is_uri(text):
-        handler = next((_HANDLERS[p] for p in sorted(_HANDLERS, key=len, reverse=True) if text.startswith(p)), None)
-        if handler is None:
-            known = ", ".join(registered_schemes()) or "none"
-            raise ValueError(f"model '{text}': no handler for this scheme (registered: {known})")
-        return _cached(text, handler, Path(cache_dir) if cache_dir else default_cache_dir())
+        return _cached(text, _handler(text, "model"), Path(cache_dir) if cache_dir else default_cache_dir(),
+                       find_model_dir, "model")
     path = Path(text).expanduser()
     if not path.is_dir():
         raise FileNotFoundError(f"model directory '{text}' does not exist")
@@ -111,15 +114,42 @@ def resolve_model(reference: str | Path, cache_dir: str | Path | None = None) ->
     return found
 
 
-def _cached(reference: str, handler: SchemeHandler, cache: Path) -> Path:
+def resolve_index(reference: str | Path, cache_dir: str | Path | None = None) -> Path:
+    """A local index directory (index.json, index.faiss) for a path, a bucket URI or a registered
+    URI (an index logged as a run's artifact), downloaded once into the same cache as models.
+    Errors as resolve_model's."""
+    text = str(reference)
+    if not is_uri(text):
+        path = Path(text).expanduser()
+        if find_index_dir(path) is None:
+            raise FileNotFoundError(f"'{text}' is not an index directory (no index.json)")
+        return path
+    from components import objectstore
+    handler = _INDEX_HANDLER if objectstore.is_remote(text) and text.startswith(objectstore.SCHEMES) \
+        else _handler(text, "index")
+    return _cached(text, handler, Path(cache_dir) if cache_dir else default_cache_dir(), find_index_dir, "index")
+
+
+def _handler(reference: str, what: str) -> SchemeHandler:
+    handler = next((_HANDLERS[p] for p in sorted(_HANDLERS, key=len, reverse=True) if reference.startswith(p)), None)
+    if handler is None:
+        known = ", ".join(registered_schemes()) or "none"
+        raise ValueError(f"{what} '{reference}': no handler for this scheme (registered: {known})")
+    return handler
+
+
+def _cached(reference: str, handler: SchemeHandler, cache: Path, find: Callable[[Path], Path | None],
+            what: str) -> Path:
     try:
         pinned = handler.pin(reference) if hasattr(handler, "pin") else reference
         scope = handler.scope() if hasattr(handler, "scope") else ""
     except Exception as exc:  # noqa: BLE001 - a handler's client raises its own error types
-        raise ValueError(f"cannot resolve model '{reference}': {exc}") from None
-    dest = cache / ("m-" + hashlib.sha256(f"{scope}|{pinned}".encode()).hexdigest()[:24])
+        raise ValueError(f"cannot resolve {what} '{reference}': {exc}") from None
+    # Models and indexes share the cache; the kind is part of the key.
+    key = f"{scope}|{pinned}" if what == "model" else f"{what}|{scope}|{pinned}"
+    dest = cache / ("m-" + hashlib.sha256(key.encode()).hexdigest()[:24])
     if dest.is_dir():                 # only complete downloads are ever renamed to this name
-        found = find_model_dir(dest)
+        found = find(dest)
         if found is not None:
             return found
     cache.mkdir(parents=True, exist_ok=True)
@@ -128,17 +158,18 @@ def _cached(reference: str, handler: SchemeHandler, cache: Path) -> Path:
         try:
             handler.fetch(pinned, tmp)
         except Exception as exc:  # noqa: BLE001 - as above
-            raise ValueError(f"cannot download model '{reference}': {exc}") from None
-        if find_model_dir(tmp) is None:
-            raise ValueError(f"model '{reference}' holds no model directory (no config.json)")
+            raise ValueError(f"cannot download {what} '{reference}': {exc}") from None
+        if find(tmp) is None:
+            raise ValueError(f"{what} '{reference}' holds no {what} directory "
+                             f"({'no config.json' if what == 'model' else 'no index.json'})")
         try:
             os.rename(tmp, dest)
         except OSError:               # another process finished the same download first: use theirs
-            if not (dest.is_dir() and find_model_dir(dest)):
+            if not (dest.is_dir() and find(dest)):
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return find_model_dir(dest)
+    return find(dest)
 
 
 def pin_registry_uri(reference: str, version_of_alias: Callable[[str, str], str],
@@ -168,10 +199,14 @@ def pin_registry_uri(reference: str, version_of_alias: Callable[[str, str], str]
 def _register_object_stores() -> None:
     # pyarrow is a components dependency, so bucket URIs resolve wherever components is imported.
     from components import objectstore
-    handler = Handler(fetch_fn=objectstore.fetch_model, pin_fn=objectstore.pin_model,
+    global _INDEX_HANDLER
+    handler = Handler(fetch_fn=objectstore.fetch_directory, pin_fn=objectstore.pin_model,
                       scope_fn=objectstore.endpoint_scope)
     for prefix in objectstore.SCHEMES:
         register_scheme(prefix, handler)
+    _INDEX_HANDLER = Handler(fetch_fn=objectstore.fetch_directory, pin_fn=objectstore.pin_index,
+                             scope_fn=objectstore.endpoint_scope)
 
 
+_INDEX_HANDLER: SchemeHandler
 _register_object_stores()

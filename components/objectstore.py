@@ -191,14 +191,26 @@ def upload_dir(local: str | Path, location: str, fingerprint: str = "") -> None:
 def pin_model(reference: str) -> str:
     """`reference#<fingerprint>`: the content fingerprint of the model directory at `reference`
     (see the module doc). LocationError when it holds no config.json."""
+    return _pin_directory(reference, "config.json", "model", trust_marker=True)
+
+
+def pin_index(reference: str) -> str:
+    """`reference#listing-<hash>` of the index directory at `reference` (an index's MARKER names
+    the model it was built with, not its own content, so the listing keys it). LocationError when
+    it holds no index.json."""
+    return _pin_directory(reference, "index.json", "index", trust_marker=False)
+
+
+def _pin_directory(reference: str, required: str, what: str, trust_marker: bool) -> str:
     base = reference.split("#", 1)[0].rstrip("/")
     check_location(base)
     fs, root = filesystem(base)
     files = _walk(fs, root, base)
     rel = {posixpath.relpath(i.path, root): i for i in files}
-    if "config.json" not in rel:
-        raise LocationError(f"model '{base}' holds no config.json: not a model directory")
-    if MARKER in rel:
+    if required not in rel:
+        raise LocationError(f"{what} '{base}' holds no {required}: not {'an' if what[0] in 'aeiou' else 'a'} "
+                            f"{what} directory")
+    if trust_marker and MARKER in rel:
         fingerprint = read_bytes(join(base, MARKER)).decode().strip()
         if fingerprint:
             return f"{base}#{fingerprint}"
@@ -214,6 +226,7 @@ def endpoint_scope() -> str:
     return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or ""
 
 
-def fetch_model(pinned: str, dest: Path) -> None:
+def fetch_directory(pinned: str, dest: Path) -> None:
+    """The directory a pinned reference names, downloaded into `dest` (without MARKER)."""
     download_dir(pinned.split("#", 1)[0], dest)
     (dest / MARKER).unlink(missing_ok=True)

@@ -1,6 +1,6 @@
 """Run the Serve application until Ctrl-C or SIGTERM, then stop Serve and the Ray it started.
 
-    python -m serving [CONFIG.yaml] [--model DIR|URI] [--index DIR] [--chat-model DIR|URI]
+    python -m serving [CONFIG.yaml] [--model DIR|URI] [--index DIR|URI] [--chat-model DIR|URI]
                       [--attribution-model DIR|URI] [--parser-model DIR|URI]
                       [--host 127.0.0.1] [--port 8000] [--address RAY_ADDRESS] [--ready-timeout 60]
 

@@ -56,3 +56,10 @@ def resolve_model(reference: str | Path, cache_dir: str | Path | None = None) ->
     """A local model directory for a path or a registered URI (see components.locations)."""
     register()
     return locations.resolve_model(reference, cache_dir=cache_dir)
+
+
+def resolve_index(reference: str | Path, cache_dir: str | Path | None = None) -> Path:
+    """A local index directory for a path, a bucket URI or an MLflow artifact URI (see
+    components.locations)."""
+    register()
+    return locations.resolve_index(reference, cache_dir=cache_dir)

@@ -1,4 +1,4 @@
-"""`bert4ray serve [CONFIG.yaml] [--model DIR|URI] [--index DIR] [--chat-model DIR|URI]
+"""`bert4ray serve [CONFIG.yaml] [--model DIR|URI] [--index DIR|URI] [--chat-model DIR|URI]
                 [--attribution-model DIR|URI] [--parser-model DIR|URI] [--host H] [--port P]
                 [--ready-timeout S] [--<capability>-model DIR|URI ...]`
 
@@ -23,7 +23,7 @@ HELP = ("run the Ray Serve application (generation, retrieval, embeddings, chat,
 
 CAPABILITY_FLAGS = (
     ("model", "SimBERT model directory or MLflow model URI (models:/name/1)"),
-    ("index", "index directory built by `bert4ray index` with the same model"),
+    ("index", "index built by `bert4ray index` with the same model: a directory or a bucket URI"),
     ("chat_model", "dialogue model directory or MLflow model URI"),
     ("attribution_model", "classifier (classify task) for /v1/attribute"),
     ("parser_model", "masked LM (mlm task) for /v1/segment and /v1/parse"),

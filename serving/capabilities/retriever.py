@@ -15,7 +15,7 @@ from fastapi import APIRouter
 from serving.checks import InputError, is_local
 from serving.deployments import ModelDeployment, _Batches, batched, model_deployment
 from serving.errors import ApiError, limit
-from serving.model_store import resolve_model
+from serving.model_store import MLFLOW_SCHEMES, resolve_index, resolve_model
 from serving.registry import AppArg, Capability, register
 from serving.schemas import EmbeddingsRequest, EmbeddingsResponse, SearchRequest, SearchResponse
 
@@ -26,7 +26,8 @@ class RetrieverDeployment(ModelDeployment):
                  device: str | None = None, dtype: str | None = None):
         from serving.retriever import Retriever
 
-        self.model = Retriever(resolve_model(model), index, max_length=max_length, device=device, dtype=dtype)
+        index_dir = resolve_index(index) if index else None        # a bucket index: this node's cache
+        self.model = Retriever(resolve_model(model), index_dir, max_length=max_length, device=device, dtype=dtype)
         self.batches = _Batches(batching, self.search_many, self.embed_many)
 
     @batched
@@ -87,28 +88,44 @@ class RetrieverRoutes:
 
 
 def check_index(index: str, checked: dict) -> str:
-    """An index directory, built with the model given (checked by fingerprint when the model is
-    local): made absolute."""
+    """An index directory (local, or a bucket / MLflow URI the replicas download), built with the
+    model given (checked by fingerprint when the model is local). A local index is made absolute;
+    a bucket index is checked by reading its index.json only."""
+    from components import objectstore
     from components.weights import model_fingerprint
 
-    meta = Path(index) / "index.json"
-    if not meta.is_file():
-        raise InputError(f"index: '{index}' is not an index directory (no index.json)")
+    if is_local(index):
+        meta_path = Path(index) / "index.json"
+        if not meta_path.is_file():
+            raise InputError(f"index: '{index}' is not an index directory (no index.json)")
+        text, where = meta_path.read_text(encoding="utf-8"), str(meta_path)
+    elif objectstore.is_remote(index) and index.startswith(objectstore.SCHEMES):
+        where = objectstore.join(index, "index.json")
+        try:
+            objectstore.pin_index(index)
+            text = objectstore.read_bytes(where).decode("utf-8")
+        except objectstore.LocationError as exc:
+            raise InputError(f"index: {exc}") from None
+    elif index.startswith(MLFLOW_SCHEMES):
+        return index                  # an MLflow artifact: resolved and checked where it is loaded
+    else:
+        raise InputError(f"index: '{index}': unknown scheme (use a directory, runs:/ or one of "
+                         f"{', '.join(objectstore.SCHEMES)})")
     try:
-        built_with = str(json.loads(meta.read_text(encoding="utf-8"))["model_fingerprint"])
+        built_with = str(json.loads(text)["model_fingerprint"])
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise InputError(f"index: {meta}: damaged index metadata ({exc})") from None
+        raise InputError(f"index: {where}: damaged index metadata ({exc})") from None
     model = checked["model"]
     if is_local(model) and built_with != (ours := model_fingerprint(model)):
         raise InputError(f"index: '{index}' was built with another model (fingerprint {built_with[:12]}, "
                          f"the model is {ours[:12]}); rebuild it with `bert4ray index`")
-    return str(Path(index).resolve())
+    return str(Path(index).resolve()) if is_local(index) else index
 
 
 register(Capability(
     name="retriever", deployment=RetrieverDeployment, enabled_by="model",
     args=(AppArg("model", "SimBERT model directory or MLflow model URI"),
-          AppArg("index", "index directory built by `bert4ray index`", check=check_index,
+          AppArg("index", "index built by `bert4ray index`: a directory or a bucket URI", check=check_index,
                  requires="model", requires_why="an index needs the model that built it")),
     bind_args=lambda args, batching: (args.model, args.index, batching, args.max_length),
     routes=RetrieverRoutes, router=router))

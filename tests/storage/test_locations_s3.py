@@ -135,6 +135,7 @@ def test_index_reads_its_corpus_from_and_writes_the_index_to_the_bucket(s3, tiny
 
     from components import objectstore
     from components.index import VectorIndex
+    from components.weights import model_fingerprint
     texts = ["今天天气怎么样", "明天会下雨吗", "我的快递还没到", "怎么修改银行卡密码"]
     s3.put(BUCKET, "corpora/faq.jsonl", "".join(json.dumps({"id": f"q{i}", "text": t}, ensure_ascii=False) + "\n"
                                                 for i, t in enumerate(texts)).encode())
@@ -149,6 +150,23 @@ def test_index_reads_its_corpus_from_and_writes_the_index_to_the_bucket(s3, tiny
                           capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-2000:]
     assert f"{objectstore.MARKER}" in "".join(s3.keys(BUCKET, "indexes/faq/"))
-    objectstore.download_dir(f"s3://{BUCKET}/indexes/faq", tmp_path / "faq")
-    index = VectorIndex.load(tmp_path / "faq")
+    # What a serving replica does with `--index s3://...`: one download into its node's cache.
+    from components.locations import resolve_index
+    local = resolve_index(f"s3://{BUCKET}/indexes/faq", cache_dir=tmp_path / "cache")
+    assert resolve_index(f"s3://{BUCKET}/indexes/faq", cache_dir=tmp_path / "cache") == local
+    index = VectorIndex.load(local, expected_fingerprint=model_fingerprint(model))
     assert len(index) == len(texts)
+
+
+def test_serve_checks_a_bucket_index_before_starting(s3, tiny_model_dir, capsys):
+    """`--index s3://...` without index.json, or built with another model: one line, exit code 2."""
+    from serving.__main__ import main
+    model = tiny_model_dir()
+    capsys.readouterr()
+    assert main(["--model", str(model), "--index", f"s3://{BUCKET}/notamodel"]) == 2
+    line = capsys.readouterr().err.strip()
+    assert "\n" not in line and f"s3://{BUCKET}/notamodel" in line and "index.json" in line, line
+    s3.put(BUCKET, "other-index/index.json", json.dumps({"model_fingerprint": "0" * 64}).encode())
+    assert main(["--model", str(model), "--index", f"s3://{BUCKET}/other-index"]) == 2
+    line = capsys.readouterr().err.strip()
+    assert "\n" not in line and "built with another model" in line, line

@@ -2,7 +2,8 @@
 SimBERT recipe whose data, workdir (Ray Train checkpoints, run files, exported model) and MLflow
 artifacts are in the bucket; `--resume` from a second, empty local cache reads its checkpoint from
 the bucket; the model loads back through Transformer.from_pretrained("s3://...") and
-`bert4ray serve --model s3://...` answers one HTTP call."""
+`bert4ray serve --model s3://... --index s3://...` answers (the index built by `bert4ray index`
+from a bucket corpus into the bucket)."""
 
 from __future__ import annotations
 
@@ -91,15 +92,30 @@ def test_train_resume_load_and_serve_from_the_bucket(tmp_path):
             model = Transformer.from_pretrained(model_uri)
             assert model.config.hidden_size == 32
 
+        # An index of a bucket corpus, built with the bucket model and written to the bucket.
+        texts = ["电脑开机很慢怎么办", "今天天气怎么样", "我的快递还没到", "怎么修改银行卡密码"]
+        s3.put(BUCKET, "corpora/faq.jsonl", "".join(json.dumps({"id": f"q{i}", "text": t}, ensure_ascii=False)
+                                                    + "\n" for i, t in enumerate(texts)).encode())
+        index_uri = f"s3://{BUCKET}/indexes/faq"
+        built = subprocess.run([str(BIN / "bert4ray"), "index", "--model", model_uri, "--corpus",
+                                f"s3://{BUCKET}/corpora/faq.jsonl", "--out", index_uri], cwd=tmp_path,
+                               env={**env, "BERT4RAY_MODEL_CACHE": str(tmp_path / "models-index")},
+                               capture_output=True, text=True, timeout=300)
+        assert built.returncode == 0, built.stderr[-3000:]
+
         port = free_port()
-        serve = ServeProcess([str(BIN / "bert4ray"), "serve", "--model", model_uri, "--port", str(port),
-                              "--ready-timeout", "240"], tmp_path, tmp_path / "serve.log",
+        serve = ServeProcess([str(BIN / "bert4ray"), "serve", "--model", model_uri, "--index", index_uri,
+                              "--port", str(port), "--ready-timeout", "240"], tmp_path, tmp_path / "serve.log",
                              env={**s3.env(), "BERT4RAY_MODEL_CACHE": str(tmp_path / "models-serve")})
         try:
             base = serve.wait_for(SERVING_LINE, 300).group(1)
             r = httpx.post(f"{base}/v1/similar", json={"text": "电脑开机很慢怎么办", "n": 4, "k": 2}, timeout=60)
             assert r.status_code == 200, r.text
             assert r.json()["candidates"]
+            r = httpx.post(f"{base}/v1/search", json={"query": "电脑开机很慢怎么办", "k": 2}, timeout=60)
+            assert r.status_code == 200, r.text
+            hits = r.json()["hits"]
+            assert len(hits) == 2 and hits[0]["id"] == "q0", hits      # the query is in the corpus
         finally:
             serve.stop()
     assert sys.executable
