@@ -48,31 +48,69 @@ class DataReport:
 
 
 # --- files -------------------------------------------------------------------------------------
-def check_files(paths: list[str]) -> list[str]:
-    """Absolute paths of readable data files of a known format (a clear error otherwise). An
-    object-store URI (s3://bucket/file.jsonl, a "directory" prefix or a glob) becomes the URIs of
-    the data files it names."""
+def check_files(paths: list[str], suffixes: tuple[str, ...] = JSONL_SUFFIXES + PARQUET_SUFFIXES,
+                what: str = "data file") -> list[str]:
+    """Absolute paths of readable files whose names end in one of `suffixes` (a clear error that
+    names the file otherwise). An object-store URI (s3://bucket/file.jsonl, a "directory" prefix or
+    a glob) becomes the URIs of the files it names."""
     from components import objectstore
     out = []
     for p in paths:
         if objectstore.is_remote(p):
             try:
-                out.extend(objectstore.list_files(p, JSONL_SUFFIXES + PARQUET_SUFFIXES))
+                out.extend(objectstore.list_files(p, suffixes))
             except objectstore.LocationError as exc:
                 raise DataError(str(exc)) from None
             continue
         path = Path(p).expanduser()
         if not path.is_file():
-            raise DataError(f"data file '{p}' does not exist")
-        if not path.name.endswith(JSONL_SUFFIXES + PARQUET_SUFFIXES):
-            raise DataError(f"data file '{p}': unknown format (use .jsonl or .parquet)")
+            raise DataError(f"{what} '{p}' does not exist")
+        if not path.name.endswith(suffixes):
+            raise DataError(f"{what} '{p}': unknown format (use {', '.join(suffixes)})")
         try:
             with open(path, "rb") as fh:
                 fh.read(1)
         except OSError as exc:
-            raise DataError(f"data file '{p}' cannot be read ({exc.strerror})") from None
+            raise DataError(f"{what} '{p}' cannot be read ({exc.strerror})") from None
         out.append(str(path.resolve()))
     return out
+
+
+def read_location(location: str | Path, what: str = "file") -> bytes:
+    """The bytes of a local file or an object-store URI; FileNotFoundError naming it when missing."""
+    from components import objectstore
+    if objectstore.is_remote(str(location)):
+        try:
+            return objectstore.read_bytes(str(location))
+        except objectstore.LocationError as exc:
+            if "does not exist" in str(exc):
+                raise FileNotFoundError(f"{what} '{location}' does not exist") from None
+            raise DataError(f"{what}: {exc}") from None
+    path = Path(location).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} '{location}' does not exist")
+    return path.read_bytes()
+
+
+def location_exists(location: str | Path) -> bool:
+    from components import objectstore
+    if objectstore.is_remote(str(location)):
+        try:
+            return objectstore.exists(str(location))
+        except objectstore.LocationError:
+            return False
+    return Path(location).expanduser().is_file()
+
+
+def read_binary(paths: list[str]):
+    """A Ray Dataset of {"path", "bytes"} for local paths and URIs alike; "path" is what was given
+    (Ray Data names an object "bucket/key", without its scheme)."""
+    import ray.data
+    names = {p.split("://", 1)[-1]: p for p in paths}
+
+    def named(row: dict) -> dict:
+        return {"path": names.get(row["path"], row["path"]), "bytes": row["bytes"]}
+    return ray.data.read_binary_files(paths, include_paths=True).map(named)
 
 
 def parse_file(path: str, data: bytes) -> list[dict]:
@@ -136,19 +174,14 @@ def _json_array(text: str) -> list | None:
 
 def read_rows(paths: list[str], task):
     """A Ray Dataset of parsed rows, each checked by the task (column "error" says why it is bad)."""
-    import ray.data
-
-    # Ray Data gives an object's path without its scheme ("bucket/key"): rows name the URI.
-    names = {p.split("://", 1)[-1]: p for p in paths}
-
     def parse(row: dict) -> list[dict]:
-        out = parse_file(names.get(row["path"], row["path"]), row["bytes"])
+        out = parse_file(row["path"], row["bytes"])
         for r in out:
             if not r["error"]:
                 r["error"] = task.check_row(json.loads(r["record"])) or ""
         return out
 
-    return ray.data.read_binary_files(paths, include_paths=True).flat_map(parse)
+    return read_binary(paths).flat_map(parse)
 
 
 def split_key(text: str, seed: int) -> float:
@@ -167,6 +200,24 @@ def load_splits(recipe, task, train_files: list[str], val_files: list[str]):
     report.examples = [f"{r['source']}: {r['error']}" for r in bad.take(5)]
     if report.bad and cfg.strict:
         raise DataError(f"bad row at {report.examples[0]} (data.strict is true)")
+    train, val = _split(parsed, recipe, task, val_files)
+    train, val = train.materialize(), val.materialize()
+    report.train, report.validation = train.count(), val.count()
+    if report.train == 0:
+        raise DataError(f"no usable training rows in {', '.join(train_files)} ({report.bad} bad)")
+    return train, val, report
+
+
+def reread_splits(recipe, task, train_files: list[str], val_files: list[str]):
+    """The same (train, validation) rows as load_splits, as lazy datasets that read the files again
+    whenever they are consumed. A materialized dataset keeps its blocks in the object stores of the
+    nodes that made them; a worker group that restarts after losing a node would wait for blocks
+    lost with it, while these are read again from the files (or the bucket)."""
+    return _split(read_rows(train_files + val_files, task), recipe, task, val_files)
+
+
+def _split(parsed, recipe, task, val_files: list[str]):
+    cfg = recipe.data
     good = parsed.filter(lambda r: r["error"] == "")
     val_set = set(val_files)
 
@@ -180,12 +231,7 @@ def load_splits(recipe, task, train_files: list[str], val_files: list[str]):
     train = good.filter(lambda r: not in_validation(r))
     if cfg.max_rows:
         train = train.limit(cfg.max_rows)
-    train = train.materialize()
-    val = good.filter(in_validation).materialize()
-    report.train, report.validation = train.count(), val.count()
-    if report.train == 0:
-        raise DataError(f"no usable training rows in {', '.join(train_files)} ({report.bad} bad)")
-    return train, val, report
+    return train, good.filter(in_validation)
 
 
 # --- vocabulary --------------------------------------------------------------------------------

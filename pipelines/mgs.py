@@ -57,6 +57,7 @@ from pipelines.sections import (
     to_yaml,
     tracking_field,
 )
+from pipelines.storage import job_output, publish_output
 
 
 # --- recipe --------------------------------------------------------------------------------------
@@ -245,6 +246,8 @@ class MGSResult:
     dev_best: float
     dev_final: float
     mlflow_run_id: str | None = None
+    published: str | None = None
+    """The bucket location the outputs were uploaded to (--output as a URI)."""
 
 
 def _clip_(tensors: list[torch.Tensor], max_norm: float) -> float:
@@ -277,7 +280,7 @@ def run_mgs(recipe: MGSRecipe, progress: bool = True, output: str | Path | None 
     torch.manual_seed(recipe.seed)
     workdir = Path(recipe.workdir).expanduser().resolve()
     run_id = new_run_id(recipe.name)
-    out_dir = Path(output) if output else workdir / "mgs" / run_id
+    out_dir, publish_to = job_output(output, workdir / "mgs" / run_id)
     model_dir = _local_model(recipe, workdir)
     train, dev = split_examples(recipe)
     system = GenerationSystem.from_pretrained(model_dir, recipe.data.max_length)
@@ -308,7 +311,8 @@ def run_mgs(recipe: MGSRecipe, progress: bool = True, output: str | Path | None 
         for name in ("history.json", "recipe.yaml"):
             run.log_artifact(out_dir / name)
         run.log_artifact(out_dir / "model", artifact_path="model")
-    return MGSResult(out_dir / "model", out_dir, history, dev_start, best, dev_final, run.run_id)
+    publish_output(out_dir, publish_to)
+    return MGSResult(out_dir / "model", out_dir, history, dev_start, best, dev_final, run.run_id, publish_to)
 
 
 def _steps(recipe: MGSRecipe, system: GenerationSystem, opt: torch.optim.Optimizer, evaluators: Evaluators,

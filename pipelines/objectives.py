@@ -19,6 +19,7 @@ Metrics (higher is better, in [0, 1]):
 
 from __future__ import annotations
 
+import io
 import json
 import re
 from collections import Counter
@@ -61,17 +62,17 @@ def example_from_row(row: dict) -> Example | None:
 
 
 def read_examples(path: str | Path, max_rows: int = 0) -> list[Example]:
-    """Dev examples from a JSON Lines file (or Parquet); a row of no known shape is an error that
-    names its line."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"dev file '{path}' does not exist")
-    if path.suffix in (".parquet", ".pq"):
+    """Dev examples from a JSON Lines file (or Parquet), local or an object-store URI; a row of no
+    known shape is an error that names its file and line."""
+    from pipelines.data import read_location
+    path = str(path)
+    data = read_location(path, "dev file")
+    if path.endswith((".parquet", ".pq")):
         import pyarrow.parquet as pq
-        rows = [(i + 1, r) for i, r in enumerate(pq.read_table(path).to_pylist())]
+        rows = [(i + 1, r) for i, r in enumerate(pq.read_table(io.BytesIO(data)).to_pylist())]
     else:
         rows = []
-        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        for i, line in enumerate(data.decode("utf-8").splitlines(), start=1):
             if line.strip():
                 try:
                     rows.append((i, json.loads(line)))

@@ -92,27 +92,17 @@ def parse_corpus_file(path: str, data: bytes, trees_labeled: bool = True,
 
 
 def _files(recipe: ProbeRecipe, workdir: Path) -> list[str]:
-    from pipelines.data import JSONL_SUFFIXES, PARQUET_SUFFIXES
+    from pipelines.data import JSONL_SUFFIXES, PARQUET_SUFFIXES, check_files
     if recipe.data.source == "peoples-daily":
         from pipelines.corpora import corpus_file
         return [str(corpus_file("peoples-daily", workdir / "corpora"))]
-    out = []
     known = JSONL_SUFFIXES + PARQUET_SUFFIXES + CONLLU_SUFFIXES + TREE_FILE_SUFFIXES + SIGHAN_SUFFIXES
-    for p in recipe.data.files:
-        path = Path(p).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(f"data file '{p}' does not exist")
-        if not path.name.endswith(known):
-            raise ValueError(f"data file '{p}': unknown format (use {', '.join(known)})")
-        out.append(str(path.resolve()))
-    return out
+    return check_files(recipe.data.files, known)
 
 
 def read_probe_rows(recipe: ProbeRecipe, files: list[str]):
     """The corpus as a Ray Dataset of {"id", "record"}, split and limited as the recipe says."""
-    import ray.data
-
-    from pipelines.data import split_key
+    from pipelines.data import read_binary, split_key
 
     labeled = recipe.data.trees_labeled
     gold = read_sighan_gold(recipe, files)
@@ -120,7 +110,7 @@ def read_probe_rows(recipe: ProbeRecipe, files: list[str]):
     def parse(row: dict) -> list[dict]:
         return parse_corpus_file(row["path"], row["bytes"], labeled, gold)
 
-    ds = ray.data.read_binary_files(files, include_paths=True).flat_map(parse)
+    ds = read_binary(files).flat_map(parse)
     d = recipe.data
     if d.split != "all":
         want = d.split == "validation"
@@ -140,14 +130,13 @@ def read_sighan_gold(recipe: ProbeRecipe, files: list[str]) -> dict[int, list[st
     if not recipe.eval.gold:
         return None
     from components.probing.sighan import align_raw_gold, read_gold, read_raw
-    gold_path = Path(recipe.eval.gold).expanduser()
-    if not gold_path.is_file():
-        raise FileNotFoundError(f"eval.gold '{recipe.eval.gold}' does not exist")
+    from pipelines.data import read_location
+    gold_text = read_location(recipe.eval.gold, "eval.gold").decode("utf-8")
     if not files[0].endswith(SIGHAN_SUFFIXES):
         raise ValueError(f"eval.gold scores a SIGHAN raw file ({', '.join(SIGHAN_SUFFIXES)}), got '{files[0]}'")
-    raw = read_raw(Path(files[0]).read_text(encoding="utf-8"))
-    gold = read_gold(gold_path.read_text(encoding="utf-8"))
-    return {k: words for k, _, words in align_raw_gold(raw, gold, source=gold_path.name)}
+    raw = read_raw(read_location(files[0]).decode("utf-8"))
+    gold = read_gold(gold_text)
+    return {k: words for k, _, words in align_raw_gold(raw, gold, source=str(recipe.eval.gold).rsplit("/", 1)[-1])}
 
 
 # --- the actor -------------------------------------------------------------------------------------
@@ -262,6 +251,8 @@ class ProbeResult:
     mlflow_run_id: str | None = None
     report: dict = field(default_factory=dict)
     """Evaluation details (segmentation under every threshold choice, baselines, oracle)."""
+    published: str | None = None
+    """The bucket location the outputs were uploaded to (output.dir as a URI)."""
 
 
 def _map(ds, recipe: ProbeRecipe, stage: str, threshold: float | None = None):
@@ -285,7 +276,8 @@ def run_probe(recipe: ProbeRecipe, progress: bool = True) -> ProbeResult:
         raise FileNotFoundError(f"model.path '{recipe.model.path}' is not a model directory (no config.json)")
     _check_layer(model_dir, recipe.probe.layer)
     files = _files(recipe, workdir)
-    out_dir = Path(recipe.output.dir).expanduser() if recipe.output.dir else workdir / "probe" / recipe.name
+    from pipelines.storage import job_output, publish_output
+    out_dir, publish_to = job_output(recipe.output.dir, workdir / "probe" / recipe.name)
     init_ray()
 
     def say(msg):
@@ -321,7 +313,8 @@ def run_probe(recipe: ProbeRecipe, progress: bool = True) -> ProbeResult:
     if threshold is not None:
         metrics["seg_threshold"] = threshold
     _write_parquet(ds, out_dir)
-    say(f"wrote {n_rows} rows to {out_dir} in {elapsed:.1f} s")
+    publish_output(out_dir, publish_to)
+    say(f"wrote {n_rows} rows to {publish_to or out_dir} in {elapsed:.1f} s")
     if report.get("table"):
         say(format_table(report["table"]))
     else:
@@ -333,7 +326,7 @@ def run_probe(recipe: ProbeRecipe, progress: bool = True) -> ProbeResult:
     if recipe.output.save_to_model:
         save_calibration(model_dir, recipe.probe, threshold)
         say(f"settings and threshold saved to {model_dir / 'bert4ray.json'}")
-    return ProbeResult(out_dir, metrics, n_rows, threshold, run_id, report)
+    return ProbeResult(out_dir, metrics, n_rows, threshold, run_id, report, publish_to)
 
 
 def _check_layer(model_dir: Path, layer: int) -> None:

@@ -91,3 +91,23 @@ def local_output(output: str | None, workdir: Workdir, run_id: str) -> tuple[Pat
     if workdir.remote:
         return workdir.local / "runs" / run_id / "model", workdir.location(f"runs/{run_id}/model")
     return workdir.local / "runs" / run_id / "model", None
+
+
+def job_output(output: str | Path | None, default_local: Path) -> tuple[Path, str | None]:
+    """(local directory a job writes its outputs in, bucket location they go to when it ends, or
+    None) for mgs, probe and tune: a bucket `output` is checked before any work starts."""
+    if output and objectstore.is_remote(str(output)):
+        objectstore.check_location(str(output))
+        return default_local, str(output).rstrip("/")
+    return (Path(output).expanduser() if output else default_local), None
+
+
+def publish_output(local_dir: Path, location: str | None) -> None:
+    """Upload a finished job's output directory (a model under it published as a model first, so
+    that it resolves by its content fingerprint); the directory's completion marker goes last."""
+    if location is None:
+        return
+    for config in sorted(local_dir.rglob("config.json")):
+        if config.parent != local_dir:
+            publish_model(config.parent, objectstore.join(location, config.parent.relative_to(local_dir).as_posix()))
+    objectstore.upload_dir(local_dir, location)

@@ -112,6 +112,11 @@ def _resolve_files(recipe: Recipe, wd: Workdir) -> tuple[list[str], list[str]]:
     return train, data_mod.check_files(cfg.validation) if cfg.validation else []
 
 
+def _nodes_alive() -> int:
+    import ray
+    return sum(1 for n in ray.nodes() if n.get("Alive"))
+
+
 def _vocabulary(recipe: Recipe, train_ds, task) -> str:
     m = recipe.model
     if m.init_from:
@@ -168,12 +173,24 @@ def _local_init_from(recipe: Recipe, workdir: Path) -> Recipe:
     return dataclasses.replace(recipe, model=dataclasses.replace(recipe.model, init_from=str(path)))
 
 
-def _worker_recipe(local: Recipe, written: Recipe) -> Recipe:
+def _worker_recipe(local: Recipe, written: Recipe, wd: Workdir) -> Recipe:
     """The recipe the workers get: a bucket init_from stays a URI, which each worker resolves into
-    its own node's cache (the driver's local copy is on another disk)."""
+    its own node's cache (the driver's local copy is on another disk). With a bucket workdir, a
+    model the driver fetched through MLflow (`models:/`, `runs:/`) is published to the bucket
+    (`<workdir>/init/<content fingerprint>`) and the workers get that URI: nodes share no disk, and MLflow's
+    store may be the driver's own file."""
     from components import objectstore
-    if written.model.init_from and objectstore.is_remote(written.model.init_from):
-        return dataclasses.replace(local, model=dataclasses.replace(local.model, init_from=written.model.init_from))
+    from components.locations import is_uri
+    reference = written.model.init_from
+    if reference and objectstore.is_remote(reference):
+        return dataclasses.replace(local, model=dataclasses.replace(local.model, init_from=reference))
+    if reference and is_uri(reference) and wd.remote:
+        from components.weights import model_fingerprint
+        fetched = Path(local.model.init_from)
+        location = wd.location(f"init/{model_fingerprint(fetched)[:24]}")
+        if not objectstore.exists(objectstore.join(location, objectstore.MARKER)):
+            publish_model(fetched, location)
+        return dataclasses.replace(local, model=dataclasses.replace(local.model, init_from=location))
     return local
 
 
@@ -253,7 +270,7 @@ class TrainingJob:
         self.train_files, self.val_files = _resolve_files(recipe, self.wd)    # before Ray: bad paths fail fast
         self.written = recipe                      # MLflow and recipe.yaml keep an init_from URI
         self.recipe = _local_init_from(recipe, self.wd.local)
-        self.worker_recipe = _worker_recipe(self.recipe, recipe)
+        self.worker_recipe = _worker_recipe(self.recipe, recipe, self.wd)
         self.history: list[dict] = []              # every progress record the workers sent
 
     def setup(self) -> None:
@@ -293,9 +310,12 @@ class TrainingJob:
                                  "train.total_steps": self.total, "train.steps_per_epoch": self.steps_per_epoch})
         tok = data_mod.tokenizer_from_text(self.vocab_text, recipe.model.lowercase)
         max_len = min(recipe.data.max_length, self.model_cfg.max_position_embeddings, tok.max_length)
-        self.datasets = {"train": data_mod.tokenize(train_ds, task, self.vocab_text, recipe.model.lowercase, max_len)}
+        feed_train, feed_val = train_ds, self.val_ds
+        if _nodes_alive() > 1:        # blocks on another node die with it: the workers read the files
+            feed_train, feed_val = data_mod.reread_splits(recipe, task, self.train_files, self.val_files)
+        self.datasets = {"train": data_mod.tokenize(feed_train, task, self.vocab_text, recipe.model.lowercase, max_len)}
         if self.report.validation:
-            self.datasets["validation"] = data_mod.tokenize(self.val_ds, task, self.vocab_text,
+            self.datasets["validation"] = data_mod.tokenize(feed_val, task, self.vocab_text,
                                                             recipe.model.lowercase, max_len)
 
     def fit(self, progress: bool, on_record: Callable[[dict], None] | None,

@@ -36,6 +36,7 @@ import os
 from pathlib import Path
 
 from pipelines.job import new_run_id
+from pipelines.storage import job_output, publish_output
 from pipelines.tune_recipe import (
     Param,
     TuneRecipe,
@@ -67,8 +68,8 @@ def run_tune(recipe: TuneRecipe, progress: bool = True, log=print) -> TuneResult
     params = space_params(recipe)
     result = TuneResult(metric=recipe.objective.metric, mode=objective_mode(recipe))
     workdir = Path(recipe.workdir).expanduser().resolve()
-    result.output_dir = (Path(recipe.output.dir).expanduser().resolve() if recipe.output.dir
-                         else workdir / "tune" / recipe.name)
+    result.output_dir, publish_to = job_output(recipe.output.dir, workdir / "tune" / recipe.name)
+    result.output_dir = result.output_dir.resolve()
     training = base_training_recipe(recipe) if recipe.mode == "training" else None
     tracking = SearchTracking(recipe, workdir)      # the DB and experiment exist before any trial runs
     _start_ray(recipe, training)
@@ -89,6 +90,8 @@ def run_tune(recipe: TuneRecipe, progress: bool = True, log=print) -> TuneResult
         parent.log_metrics(search_summary(result))
         for f in files:
             parent.log_artifact(f)
+    publish_output(result.output_dir, publish_to)
+    result.published = publish_to
     return result
 
 
@@ -109,7 +112,7 @@ def _trial_spec(recipe: TuneRecipe, workdir: Path, model_dir: Path | None, paren
     """What a trial needs from the tune recipe, as plain values with absolute paths (trials run in
     Tune's trial directories, possibly on other nodes)."""
     return {"name": recipe.name, "cwd": os.getcwd(), "metric": recipe.objective.metric, "base": dict(recipe.base),
-            "dev_file": str(Path(recipe.dev.file).resolve()) if recipe.dev.file else None,
+            "dev_file": _absolute(recipe.dev.file) if recipe.dev.file else None,
             "max_rows": recipe.dev.max_rows, "threads": max(1, int(recipe.search.cpus_per_trial)),
             "parent_run_id": parent_run_id, "experiment": recipe.tracking.experiment,
             "workdir": str(workdir), "tracking_uri": os.environ.get("MLFLOW_TRACKING_URI"),
@@ -223,3 +226,9 @@ def _quiet_tune():
             os.environ.pop("RAY_AIR_NEW_OUTPUT", None)
         else:
             os.environ["RAY_AIR_NEW_OUTPUT"] = previous
+
+
+def _absolute(location: str) -> str:
+    """A local path made absolute (trials run in other directories); a URI as it is."""
+    from components.objectstore import is_remote
+    return location if is_remote(location) else str(Path(location).expanduser().resolve())

@@ -343,8 +343,9 @@ def check_paths(r: TuneRecipe) -> Path | None:
         if not task_is(task, "generates"):
             raise RecipeError(f"recipe key 'model': '{r.model}' was trained for '{task}', which does not "
                               f"generate; decoding searches need a {' or '.join(tasks_where('generates'))} model")
+    from pipelines.data import location_exists
     needs_dev = r.mode == "decoding" or r.objective.metric in DECODING_METRICS
-    if needs_dev and not Path(r.dev.file).is_file():
+    if needs_dev and not location_exists(r.dev.file):
         raise RecipeError(f"recipe key 'dev.file': '{r.dev.file}' does not exist")
     return model_dir
 

@@ -47,6 +47,8 @@ class TuneResult:
     Training: the best trial's values of the searched keys."""
     best_file: Path | None = None
     output_dir: Path | None = None
+    published: str | None = None
+    """The bucket location the outputs were uploaded to (output.dir as a URI)."""
     parent_run_id: str | None = None
     kept_default: bool = False
     """Decoding: no trial beat the default settings, so best.yaml holds `base` unchanged."""

@@ -15,7 +15,7 @@ HELP = "MGS: derivative-free fine-tuning of a generating model towards BLEU / F1
 def add_arguments(parser) -> None:
     from pipelines.job import add_recipe_arguments
     add_recipe_arguments(parser, "MGS recipe YAML (see pipelines/recipes/mgs-simbert.yaml)", example="mgs.beta=10")
-    parser.add_argument("--output", help="output directory (default <workdir>/mgs/<run id>)")
+    parser.add_argument("--output", help="output directory or bucket URI (default <workdir>/mgs/<run id>)")
 
 
 def run(args) -> int:
@@ -30,5 +30,5 @@ def run(args) -> int:
     print(f"dev {m}: start {result.dev_start:.4f}  best {result.dev_best:.4f}  final {result.dev_final:.4f}")
     if result.mlflow_run_id:
         print(f"mlflow run: {result.mlflow_run_id}")
-    print(result.output_dir)
+    print(result.published or result.output_dir)
     return 0

@@ -27,5 +27,5 @@ def run(args) -> int:
     result = run_probe(recipe, progress=not args.quiet)
     if result.mlflow_run_id:
         print(f"mlflow run: {result.mlflow_run_id}")
-    print(result.output_dir)
+    print(result.published or result.output_dir)
     return 0

@@ -82,5 +82,7 @@ def print_report(result, recipe, console) -> None:
         console.print(result.note, markup=False)
     if result.parent_run_id:
         console.print(f"mlflow parent run: {result.parent_run_id}", markup=False)
+    if result.published:
+        console.print(f"outputs uploaded to {result.published}", markup=False)
     if result.best_file:
         console.print(str(result.best_file), markup=False)

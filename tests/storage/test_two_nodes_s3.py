@@ -1,15 +1,18 @@
 """`bert4ray submit --storage s3://...` to a two-node Ray cluster on loopback whose nodes share
 nothing but an S3 server (moto, started here): each node has its own HOME, TMPDIR, caches and Ray
-temp dir, and one custom `train_slot`, so the two Train workers land one per node: the job SUCCEEDS with a worker on each
-node, its checkpoints and model in the bucket and nothing on the second node's disk. Slow:
-`pytest -m slow tests/storage/test_two_nodes_s3.py -s` prints the figures. (RayNode.kill() is
-there for the lost-node run, which does not pass yet: see the storage notes in cluster/README.md.)"""
+temp dir, and one custom `train_slot`, so the two Train workers land one per node. A first job
+SUCCEEDS with a worker on each node; in a second, the test kills every process of the second node
+after the first complete checkpoint, starts the node again, and the run resumes from the bucket's
+checkpoint to its full step count (the workers read the data from the bucket again: blocks
+materialized on the lost node are gone). Slow: `pytest -m slow tests/storage/test_two_nodes_s3.py -s`
+prints the figures."""
 
 from __future__ import annotations
 
 import json
 import os
 import re
+import sqlite3
 import subprocess
 import sys
 import time
@@ -92,6 +95,34 @@ def train_worker_nodes(head) -> list[str]:
     return [a.node_id for a in actors]
 
 
+def mlflow_db(cluster, name: str) -> Path:
+    """The job driver's MLflow store: the workdir's local mirror in the head node's own TMPDIR."""
+    import hashlib
+    key = hashlib.sha256(f"s3://{BUCKET}/{name}".encode()).hexdigest()[:16]
+    return cluster["root"] / "a" / "tmpdir" / "bert4ray-workdirs" / key / "mlflow.db"
+
+
+def logged_steps(db: Path) -> list[int]:
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as con:
+            return [s for (s,) in con.execute("SELECT step FROM metrics WHERE key = 'loss' ORDER BY timestamp, step")]
+    except sqlite3.OperationalError:
+        return []
+
+
+def registered_step(s3, prefix: str) -> int | None:
+    """Step of the latest checkpoint Ray Train registered (its snapshot in the bucket)."""
+    for key in s3.keys(BUCKET, f"{prefix}/ray/"):
+        if key.endswith("checkpoint_manager_snapshot.json"):
+            body = s3.client().get_object(Bucket=BUCKET, Key=key)["Body"].read()
+            try:
+                latest = json.loads(body)["latest_checkpoint_result"]
+            except (ValueError, KeyError):
+                return None
+            return int(latest["metrics"]["step"]) if latest else None
+    return None
+
+
 def test_one_worker_per_node_succeeds(cluster):
     head, node, s3 = cluster["head"], cluster["node"], cluster["s3"]
     recipe = write_recipe(cluster, "two-nodes", total=12, every=6)
@@ -107,3 +138,43 @@ def test_one_worker_per_node_succeeds(cluster):
     assert any("/checkpoint_" in k for k in keys) and any(k.endswith("/model/config.json") for k in keys)
     assert not list((cluster["root"] / "b").rglob("checkpoint_*"))      # nothing on the node's disk
     print(f"\n[two nodes] 12 steps, one worker per node: SUCCEEDED in {time.monotonic() - start:.0f} s")
+
+
+def test_second_node_killed_after_a_checkpoint_resumes_from_the_bucket(cluster):
+    head, s3 = cluster["head"], cluster["s3"]
+    total, every = 36, 12
+    recipe = write_recipe(cluster, "two-nodes-kill", total=total, every=every)
+    log = cluster["root"] / "kill.log"
+    start = time.monotonic()
+    proc = submit(cluster, recipe, log)
+    try:
+        deadline = time.monotonic() + 600
+        while True:
+            assert proc.poll() is None, log.read_text()[-4000:]
+            assert time.monotonic() < deadline, "no checkpoint in time"
+            saved = registered_step(s3, "two-nodes-kill")
+            db = mlflow_db(cluster, "two-nodes-kill")
+            steps = logged_steps(db) if db.is_file() else []
+            if saved and steps and steps[-1] >= saved + 2:
+                break
+            time.sleep(0.3)
+        killed_at, restore_from = steps[-1], saved
+        killed = cluster["node"].kill()
+        # The lost machine comes back (a fresh node: new temp dir, same slot); the run resumes.
+        cluster["node"] = RayNode(head, num_cpus=1, resources={"node_b": 1, "train_slot": 1},
+                                  extra_env=node_env(cluster["root"] / "b2", s3))
+        cluster["node"].start()
+        assert proc.wait(timeout=900) == 0, log.read_text()[-4000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+    text = log.read_text()
+    assert re.search(r"^job \S+: SUCCEEDED", text, re.M), text[-3000:]
+    steps = logged_steps(db)
+    redone = [s for i, s in enumerate(steps) if s in steps[:i]]
+    assert max(steps) == total and sorted(set(steps)) == list(range(1, total + 1))
+    assert redone and min(redone) == restore_from + 1, (restore_from, redone)
+    print(f"\n[two nodes] killed node b ({len(killed)} processes) at step {killed_at}; resumed from the "
+          f"step-{restore_from} checkpoint in the bucket; {len(redone)} steps redone; finished "
+          f"{max(steps)}/{total} in {time.monotonic() - start:.0f} s")

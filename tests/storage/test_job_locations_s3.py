@@ -1,0 +1,123 @@
+"""mgs, probe and tune read their corpora and dev files from a bucket and write their outputs to
+one, against a real S3 server (moto on loopback): the same results as from local files, errors
+that name the object (and line), and a model under an uploaded output that resolves from the
+bucket."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.storage.s3server import S3Server, environ
+from tests.tiny_training import GROUPS, train_tiny_simbert
+
+pytestmark = pytest.mark.timeout(600)
+BUCKET = "bert4ray-jobs"
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    with S3Server(log_dir=tmp_path_factory.mktemp("moto")) as server:
+        server.create_bucket(BUCKET)
+        server.put(BUCKET, "mgs/groups.jsonl",
+                   "".join(json.dumps({"texts": g}, ensure_ascii=False) + "\n" for g in GROUPS).encode())
+        server.put(BUCKET, "mgs/bad.jsonl", b'{"texts": ["a", "b"]}\n{"label": 1}\n')
+        with environ(server.env()):
+            yield server
+
+
+def test_dev_examples_read_from_the_bucket_equal_the_local_file(s3, tmp_path):
+    from pipelines.objectives import read_examples
+    local = tmp_path / "groups.jsonl"
+    local.write_bytes(s3.client().get_object(Bucket=BUCKET, Key="mgs/groups.jsonl")["Body"].read())
+    assert read_examples(f"s3://{BUCKET}/mgs/groups.jsonl") == read_examples(local)
+    with pytest.raises(ValueError, match=f"s3://{BUCKET}/mgs/bad.jsonl:2"):
+        read_examples(f"s3://{BUCKET}/mgs/bad.jsonl")
+    with pytest.raises(FileNotFoundError, match=f"dev file 's3://{BUCKET}/mgs/nope.jsonl' does not exist"):
+        read_examples(f"s3://{BUCKET}/mgs/nope.jsonl")
+
+
+def test_mgs_reads_and_writes_the_bucket(s3, tmp_path, vocab_file):
+    from components.model import Transformer
+    from pipelines.mgs import load_mgs_recipe, run_mgs
+    model = train_tiny_simbert(tmp_path / "model", vocab_file, steps=10)
+    recipe = load_mgs_recipe(data={
+        "name": "mgs-s3", "workdir": str(tmp_path / "runs"), "model": str(model), "steps": 1, "eval_every": 1,
+        "decoding": {"strategy": "greedy", "max_new_tokens": 8},
+        "data": {"train": f"s3://{BUCKET}/mgs/groups.jsonl", "dev": f"s3://{BUCKET}/mgs/groups.jsonl",
+                 "batch_size": 4, "max_length": 32, "max_dev_rows": 4},
+        "mgs": {"num_candidates": 2}, "parallel": {"num_actors": 0}, "tracking": {"enabled": False}})
+    result = run_mgs(recipe, progress=False, output=f"s3://{BUCKET}/out/mgs")
+    assert result.published == f"s3://{BUCKET}/out/mgs"
+    keys = s3.keys(BUCKET, "out/mgs/")
+    for name in ("history.json", "recipe.yaml", "model/config.json", "model/_bert4ray_complete", "_bert4ray_complete"):
+        assert f"out/mgs/{name}" in keys, keys
+    loaded = Transformer.from_pretrained(f"s3://{BUCKET}/out/mgs/model")
+    assert loaded.config.hidden_size == Transformer.from_pretrained(result.model_dir).config.hidden_size
+
+
+def test_mgs_command_names_a_missing_bucket_object(s3, tmp_path, tiny_model_dir, capsys):
+    from pipelines.cli import main
+    recipe = tmp_path / "mgs.yaml"
+    recipe.write_text(json.dumps({"name": "m", "workdir": str(tmp_path / "runs"), "model": str(tiny_model_dir()),
+                                  "data": {"train": f"s3://{BUCKET}/mgs/missing.jsonl"},
+                                  "tracking": {"enabled": False}}))
+    capsys.readouterr()
+    assert main(["mgs", str(recipe)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and f"s3://{BUCKET}/mgs/missing.jsonl' does not exist" in err, err
+
+
+def test_probe_reads_a_bucket_corpus_and_writes_to_the_bucket(s3, ray_session, tmp_path, vocab_file):
+    import pyarrow.parquet as pq
+    import torch
+
+    from components.model import Transformer
+    from components.tokenizer import Tokenizer
+    from pipelines.probe import load_probe_recipe, run_probe
+    from tests.conftest import tiny_config
+    torch.manual_seed(2)
+    Transformer(tiny_config(Tokenizer(vocab_file).vocab_size, initializer_range=0.3)).save_pretrained(
+        tmp_path / "mlm", metadata={"vocab_file": str(vocab_file), "task": "mlm"})
+    rows = [{"text": "我在银行修改密码", "words": ["我", "在", "银行", "修改", "密码"]}, {"text": "今天天气很好"}]
+    s3.put(BUCKET, "probe/c.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode())
+    (tmp_path / "c.jsonl").write_bytes(s3.client().get_object(Bucket=BUCKET, Key="probe/c.jsonl")["Body"].read())
+
+    def run(files, out):
+        return run_probe(load_probe_recipe(data={
+            "name": "p", "workdir": str(tmp_path / "w"), "model": {"path": str(tmp_path / "mlm")},
+            "data": {"files": files}, "output": {"dir": out}, "tracking": {"enabled": False}}), progress=False)
+    remote = run([f"s3://{BUCKET}/probe/*.jsonl"], f"s3://{BUCKET}/out/probe")
+    local = run([str(tmp_path / "c.jsonl")], str(tmp_path / "out-local"))
+    assert remote.published == f"s3://{BUCKET}/out/probe"
+    parts = [k for k in s3.keys(BUCKET, "out/probe/") if k.endswith(".parquet")]
+    assert parts, s3.keys(BUCKET, "out/probe/")
+    got = {r["id"]: r["words"] for r in pq.read_table(f"s3://{BUCKET}/out/probe").to_pylist()}
+    want = {r["id"]: r["words"] for r in pq.read_table(local.output_dir).to_pylist()}
+    assert list(got.values()) and sorted(got.values()) == sorted(want.values())
+
+
+def test_an_mlflow_init_from_reaches_workers_on_other_nodes_through_the_bucket(s3, tiny_model_dir):
+    """With a bucket workdir, the model the driver fetched for `init_from: models:/...` is published
+    to the bucket and the workers are given that URI (their nodes cannot see the driver's cache)."""
+    import dataclasses
+
+    from components.model import Transformer
+    from components.weights import model_fingerprint
+    from pipelines.recipe import load_recipe
+    from pipelines.storage import Workdir
+    from pipelines.train import _worker_recipe
+    fetched = tiny_model_dir()
+    written = load_recipe("pipelines/recipes/mlm-tiny.yaml")
+    written = dataclasses.replace(written, model=dataclasses.replace(written.model, init_from="models:/m/1"))
+    local = dataclasses.replace(written, model=dataclasses.replace(written.model, init_from=str(fetched)))
+    wd = Workdir(f"s3://{BUCKET}/work")
+    worker = _worker_recipe(local, written, wd)
+    assert worker.model.init_from == f"s3://{BUCKET}/work/init/{model_fingerprint(fetched)[:24]}"
+    again = _worker_recipe(local, written, wd)                    # published once
+    assert again.model.init_from == worker.model.init_from
+    assert Transformer.from_pretrained(worker.model.init_from).config.hidden_size == \
+        Transformer.from_pretrained(fetched).config.hidden_size
+    local_wd = _worker_recipe(local, written, Workdir("runs-local-unused"))
+    assert local_wd.model.init_from == str(fetched)
