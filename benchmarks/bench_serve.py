@@ -10,11 +10,14 @@ Starts a local Ray and Serve on 127.0.0.1 (a free port) with two copies of the a
 side: "on" (route prefix /on, `batching.enabled: true`) and "off" (/off, `batching.enabled:
 false`), same model, index, replicas and limits. Without --model it trains a tiny SimBERT (the
 tests' recipe, a few seconds) and indexes its corpus. For every route and concurrency the two are
-measured back to back (warm-up first), alternating for --rounds rounds; the tables give the range
+measured back to back (each cell after --warmup unmeasured requests), for --rounds rounds, the
+arm that goes first alternating from round to round; the tables give the range
 over the rounds (min–max) of each arm and of the on/off ratio taken within a round, so that load from
 other jobs on the machine hits both arms of a ratio alike. Every cell
 is bounded: at most max(--min-requests, --per-client × concurrency) requests and --cell-timeout
-seconds. Goals: batching on ≥ 0.95× the throughput of batching off at concurrency 1 (an idle
+seconds. At concurrency 1 (--c1 paired, the default) each round is one cell whose requests
+alternate between the arms, each body sent to both. Goals: batching on ≥ 0.95× the throughput of
+batching off at concurrency 1 (an idle
 deployment dispatches at once), and as high as it goes at concurrency 32.
 
 --compute-ceiling measures, in this process and without Serve, what batching saves of the model's
@@ -129,7 +132,10 @@ def bodies(route: str, n: int, k: int, max_new_tokens: int):
     texts = [t for g in GROUPS for t in g]
     if route == "/v1/search":
         return lambda i: {"query": texts[i % len(texts)], "k": k}
-    return lambda i: {"text": texts[i % len(texts)], "n": n, "k": k, "decoding": {"max_new_tokens": max_new_tokens}}
+    # Request i carries seed i: both arms sample the same candidates for the same request, so a
+    # cell's work does not depend on the draw (seeds never split a batch).
+    return lambda i: {"text": texts[i % len(texts)], "n": n, "k": k,
+                      "decoding": {"max_new_tokens": max_new_tokens, "seed": i}}
 
 
 async def run_cell(base: str, route: str, make_body, concurrency: int, total: int, timeout_s: float) -> dict:
@@ -167,6 +173,51 @@ async def run_cell(base: str, route: str, make_body, concurrency: int, total: in
             "p99_ms": float(np.percentile(lat, 99))}
 
 
+async def paired_cell(base: str, route: str, make_body, total: int, timeout_s: float) -> dict[str, dict]:
+    """Concurrency 1, both arms in one cell: request i goes to one arm and then, with the same body,
+    to the other (the arm that goes first alternating), so that the machine's drift during the cell
+    hits both alike. An arm's throughput is its requests over the sum of their latencies (what one
+    client sending back to back gets)."""
+    lat: dict[str, list[float]] = {"on": [], "off": []}
+    errors = {"on": 0, "off": 0}
+    async with httpx.AsyncClient(timeout=60) as client:
+        deadline = time.perf_counter() + timeout_s
+        for i in range(total):
+            if time.perf_counter() > deadline:
+                break
+            for mode in (("on", "off") if i % 2 == 0 else ("off", "on")):
+                t0 = time.perf_counter()
+                try:
+                    ok = (await client.post(f"{base}/{mode}{route}", json=make_body(i))).status_code == 200
+                except httpx.HTTPError:
+                    ok = False
+                if ok:
+                    lat[mode].append(time.perf_counter() - t0)
+                else:
+                    errors[mode] += 1
+    out = {}
+    for mode, values in lat.items():
+        ms = np.array(values) * 1000 if values else np.array([float("nan")])
+        out[mode] = {"requests": len(values), "errors": errors[mode], "seconds": float(sum(values)),
+                     "throughput": len(values) / max(sum(values), 1e-9), "p50_ms": float(np.percentile(ms, 50)),
+                     "p99_ms": float(np.percentile(ms, 99))}
+    return out
+
+
+def settle(base: str, routes: list[str], args) -> None:
+    """Unmeasured traffic to both arms, alternating, for --settle seconds. Batching on measured
+    0.82-0.93x of off at concurrency 1 on /v1/similar in the first ~100 s after Serve started, in
+    two runs, and within noise after; rounds measure the steady state."""
+    end = time.perf_counter() + args.settle
+    while time.perf_counter() < end:
+        for route in routes:
+            make_body = bodies(route, args.n, args.k, args.max_new_tokens)
+            for mode in ("on", "off"):
+                asyncio.run(run_cell(f"{base}/{mode}", route, make_body, 1, 20, args.cell_timeout))
+    if args.settle > 0:
+        print(f"settled for {args.settle:g} s (unmeasured traffic to both arms)", flush=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", help="SimBERT model directory or MLflow URI (default: train a tiny one)")
@@ -179,6 +230,12 @@ def main() -> None:
     p.add_argument("--per-client", type=int, default=16, help="requests per client and cell")
     p.add_argument("--min-requests", type=int, default=96, help="at least this many requests per cell")
     p.add_argument("--cell-timeout", type=float, default=120, help="seconds at most per cell")
+    p.add_argument("--c1", choices=("paired", "cells"), default="paired",
+                   help="concurrency 1: alternate single requests between the arms in one cell (paired), "
+                        "or one cell per arm like the other levels")
+    p.add_argument("--settle", type=float, default=120,
+                   help="seconds of unmeasured traffic to both arms after Serve starts, before any cell")
+    p.add_argument("--warmup", type=int, default=50, help="unmeasured requests before each cell (at least 2 per client)")
     p.add_argument("--rounds", type=int, default=3,
                    help="measure every cell this many times (on and off alternating); the tables give the "
                         "range over the rounds")
@@ -233,14 +290,27 @@ def main() -> None:
             print(f"Serve on {base}: /on (batching, max_batch_size {args.max_batch_size}, wait "
                   f"{args.batch_wait_ms:g} ms) and /off (no batching)", flush=True)
 
+            settle(base, routes, args)
             for route in routes:
                 make_body = bodies(route, args.n, args.k, args.max_new_tokens)
                 for c in levels:
                     total = max(args.min_requests, args.per_client * c)
                     for rnd in range(args.rounds):
-                        for mode in ("on", "off"):
-                            warm = asyncio.run(run_cell(f"{base}/{mode}", route, make_body, c, 2 * c,
-                                                        args.cell_timeout))
+                        if c == 1 and args.c1 == "paired":
+                            pair = asyncio.run(paired_cell(base, route, make_body, total, 2 * args.cell_timeout))
+                            for mode in ("on", "off"):
+                                cell = dict(pair[mode], route=route, concurrency=1, batching=mode, round=rnd)
+                                print(f"  {route:12s} c=1   batching {mode:3s} round {rnd} (paired): "
+                                      f"{cell['throughput']:7.1f} req/s  p50 {cell['p50_ms']:7.1f} ms  "
+                                      f"p99 {cell['p99_ms']:7.1f} ms  ({cell['requests']} ok, {cell['errors']} errors)",
+                                      flush=True)
+                                results.append(cell)
+                            continue
+                        # The arm that goes first alternates, so that drift over the run (caches
+                        # warming, other load) does not always favour the same arm.
+                        for mode in (("on", "off") if rnd % 2 == 0 else ("off", "on")):
+                            warm = asyncio.run(run_cell(f"{base}/{mode}", route, make_body, c,
+                                                        max(2 * c, args.warmup), args.cell_timeout))
                             if warm["errors"]:
                                 raise RuntimeError(f"warm-up of {mode}{route} failed: {warm}")
                             cell = asyncio.run(run_cell(f"{base}/{mode}", route, make_body, c, total,

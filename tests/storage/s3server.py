@@ -114,3 +114,14 @@ def environ(values: dict[str, str]):
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+@contextmanager
+def bucket_server(log_dir: Path, bucket: str, objects: dict[str, bytes]):
+    """A server with one bucket holding `objects` (key -> bytes), its variables set in os.environ."""
+    with S3Server(log_dir=log_dir) as server:
+        server.create_bucket(bucket)
+        for key, data in objects.items():
+            server.put(bucket, key, data)
+        with environ(server.env()):
+            yield server

@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from tests.storage.s3server import S3Server, environ
+from tests.storage.s3server import bucket_server
 from tests.tiny_training import GROUPS, train_tiny_simbert
 
 pytestmark = pytest.mark.timeout(600)
@@ -18,13 +18,10 @@ BUCKET = "bert4ray-jobs"
 
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
-    with S3Server(log_dir=tmp_path_factory.mktemp("moto")) as server:
-        server.create_bucket(BUCKET)
-        server.put(BUCKET, "mgs/groups.jsonl",
-                   "".join(json.dumps({"texts": g}, ensure_ascii=False) + "\n" for g in GROUPS).encode())
-        server.put(BUCKET, "mgs/bad.jsonl", b'{"texts": ["a", "b"]}\n{"label": 1}\n')
-        with environ(server.env()):
-            yield server
+    groups = "".join(json.dumps({"texts": g}, ensure_ascii=False) + "\n" for g in GROUPS).encode()
+    objects = {"mgs/groups.jsonl": groups, "mgs/bad.jsonl": b'{"texts": ["a", "b"]}\n{"label": 1}\n'}
+    with bucket_server(tmp_path_factory.mktemp("moto"), BUCKET, objects) as server:
+        yield server
 
 
 def test_dev_examples_read_from_the_bucket_equal_the_local_file(s3, tmp_path):

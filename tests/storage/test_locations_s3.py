@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-from tests.storage.s3server import S3Server, environ
+from tests.storage.s3server import S3Server, bucket_server, environ
 
 pytestmark = pytest.mark.timeout(300)
 BUCKET = "bert4ray-loc"
@@ -17,14 +17,10 @@ BUCKET = "bert4ray-loc"
 
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
-    with S3Server(log_dir=tmp_path_factory.mktemp("moto")) as server:
-        server.create_bucket(BUCKET)
-        server.put(BUCKET, "data/a.jsonl", b'{"text": "a"}\n')
-        server.put(BUCKET, "data/sub/b.jsonl", b'{"text": "b"}\n')
-        server.put(BUCKET, "data/notes.txt", b"x")
-        server.put(BUCKET, "notamodel/weights.bin", b"x")
-        with environ(server.env()):
-            yield server
+    objects = {"data/a.jsonl": b'{"text": "a"}\n', "data/sub/b.jsonl": b'{"text": "b"}\n', "data/notes.txt": b"x",
+               "notamodel/weights.bin": b"x"}
+    with bucket_server(tmp_path_factory.mktemp("moto"), BUCKET, objects) as server:
+        yield server
 
 
 def test_list_files_reads_objects_prefixes_and_globs(s3):
