@@ -51,6 +51,7 @@ from pipelines.sections import (
     RecipeError,
     TrackingSection,
     bounded,
+    check_local_workdir,
     choice,
     load_sections,
     recipe_dataclass,
@@ -117,6 +118,7 @@ class MGSRecipe:
     def check(self) -> None:
         """Checks across the recipe (the `mgs` section checks itself: MGSConfig.check)."""
         from components.decoding import DecodingConfig
+        check_local_workdir(self.workdir, "--output")
         if not self.model:
             raise RecipeError("recipe key 'model' must name a model directory")
         if not self.data.train:

@@ -16,6 +16,7 @@ from pipelines.sections import (
     RecipeError,
     TrackingSection,
     bounded,
+    check_local_workdir,
     choice,
     load_sections,
     recipe_dataclass,
@@ -145,6 +146,7 @@ class ProbeRecipe:
     tracking: TrackingSection = tracking_field("bert4ray-probe")
 
     def check(self) -> None:
+        check_local_workdir(self.workdir, "output.dir")
         probe, data = self.probe, self.data
         if not probe.tasks:
             raise RecipeError("recipe key 'probe.tasks' is empty: name segment, dependency and/or constituency")

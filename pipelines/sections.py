@@ -79,6 +79,15 @@ def check_choice(value: Any, choices, key: str) -> None:
                           f"{', '.join(str(c) for c in choices)}")
 
 
+def check_local_workdir(workdir: str, outputs_key: str) -> None:
+    """The job keeps its workdir (MLflow's store, Ray's state) on local disk: a bucket there is a
+    RecipeError that says where a bucket may go instead."""
+    from components.objectstore import is_remote
+    if is_remote(workdir):
+        raise RecipeError(f"recipe key 'workdir': '{workdir}' is a bucket; this job keeps its workdir on local "
+                          f"disk (MLflow's store, Ray's state): give the bucket as {outputs_key} instead")
+
+
 _FIRST = object()
 
 

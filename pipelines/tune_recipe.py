@@ -21,6 +21,7 @@ from pipelines.sections import (
     TrackingSection,
     bounded,
     check_choice,
+    check_local_workdir,
     choice,
     load_sections,
     recipe_dataclass,
@@ -122,6 +123,7 @@ class TuneRecipe:
     """Written by `bert4ray tune` into best.yaml (scores, trial, MLflow run); not read."""
 
     def check(self) -> None:
+        check_local_workdir(self.workdir, "output.dir")
         check_tune_recipe(self)
 
 

@@ -118,3 +118,18 @@ def test_an_mlflow_init_from_reaches_workers_on_other_nodes_through_the_bucket(s
         Transformer.from_pretrained(fetched).config.hidden_size
     local_wd = _worker_recipe(local, written, Workdir("runs-local-unused"))
     assert local_wd.model.init_from == str(fetched)
+
+
+@pytest.mark.parametrize("command, recipe, key", [
+    ("probe", {"model": {"path": "m"}, "data": {"files": ["x.jsonl"]}}, "output.dir"),
+    ("tune", {"mode": "training", "recipe": "pipelines/recipes/mlm-tiny.yaml"}, "output.dir"),
+    ("mgs", {"model": "m", "data": {"train": "x.jsonl"}}, "--output"),
+])
+def test_a_bucket_workdir_of_a_local_job_says_where_the_bucket_goes(tmp_path, capsys, command, recipe, key):
+    from pipelines.cli import main
+    path = tmp_path / f"{command}.yaml"
+    path.write_text(json.dumps({"name": "w", "workdir": f"s3://{BUCKET}/work", **recipe}))
+    capsys.readouterr()
+    assert main([command, str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "recipe key 'workdir'" in err and key in err, err
