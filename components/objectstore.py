@@ -173,11 +173,12 @@ def download_dir(location: str, dest: str | Path) -> None:
         raise LocationError(f"cannot download '{location}': {_reason(exc)}") from None
 
 
-def upload_dir(local: str | Path, location: str, fingerprint: str = "") -> None:
+def upload_dir(local: str | Path, location: str, fingerprint: str = "", skip: tuple[Path, ...] = ()) -> None:
     """Upload a local directory to `location`, config.json (if any) after every other file and
-    MARKER (holding `fingerprint`) last: the directory counts as complete only once MARKER exists."""
+    MARKER (holding `fingerprint`) last: the directory counts as complete only once MARKER exists.
+    Files under the subdirectories `skip` (uploaded already) are left out."""
     local = Path(local)
-    files = sorted(p for p in local.rglob("*") if p.is_file())
+    files = sorted(p for p in local.rglob("*") if p.is_file() and not any(d in p.parents for d in skip))
     files.sort(key=lambda p: p.name == "config.json")          # stable: config.json goes last
     fs, root = filesystem(location)
     with contextlib.suppress(OSError):                       # re-publishing: incomplete until done

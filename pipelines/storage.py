@@ -107,7 +107,7 @@ def publish_output(local_dir: Path, location: str | None) -> None:
     that it resolves by its content fingerprint); the directory's completion marker goes last."""
     if location is None:
         return
-    for config in sorted(local_dir.rglob("config.json")):
-        if config.parent != local_dir:
-            publish_model(config.parent, objectstore.join(location, config.parent.relative_to(local_dir).as_posix()))
-    objectstore.upload_dir(local_dir, location)
+    models = tuple(c.parent for c in sorted(local_dir.rglob("config.json")) if c.parent != local_dir)
+    for model in models:
+        publish_model(model, objectstore.join(location, model.relative_to(local_dir).as_posix()))
+    objectstore.upload_dir(local_dir, location, skip=models)

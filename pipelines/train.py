@@ -177,8 +177,8 @@ def _worker_recipe(local: Recipe, written: Recipe, wd: Workdir) -> Recipe:
     """The recipe the workers get: a bucket init_from stays a URI, which each worker resolves into
     its own node's cache (the driver's local copy is on another disk). With a bucket workdir, a
     model the driver fetched through MLflow (`models:/`, `runs:/`) is published to the bucket
-    (`<workdir>/init/<content fingerprint>`) and the workers get that URI: nodes share no disk, and MLflow's
-    store may be the driver's own file."""
+    (`<workdir>/init/<content fingerprint>`) and the workers get that URI: nodes share no disk,
+    and MLflow's store may be the driver's own file."""
     from components import objectstore
     from components.locations import is_uri
     reference = written.model.init_from
