@@ -77,6 +77,7 @@ def test_mlm_trains_exports_and_tracks(ray_session, corpus, tmp_path):
     assert any(v.run_id == result.mlflow_run_id for v in client.search_model_versions("name='tiny-mlm'"))
 
 
+@pytest.mark.slow             # 70-80 s: in the slow set, to keep the default suite under 15 min
 def test_resume_continues_to_the_same_loss(ray_session, corpus, tmp_path):
     full = run_training(tiny(corpus, tmp_path / "a"), progress=False)
     first = run_training(tiny(corpus, tmp_path / "b", "checkpoint.stop_after=12"), progress=False)

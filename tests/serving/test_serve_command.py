@@ -92,6 +92,7 @@ def test_all_five_capabilities_at_once(models, tmp_path):
         server.stop()
 
 
+@pytest.mark.slow             # 70-80 s: in the slow set, to keep the default suite under 15 min
 def test_a_deployment_that_cannot_be_placed_ends_the_command(models, tmp_path):
     config = tmp_path / "big.yaml"
     config.write_text(f"applications:\n  - name: bert4ray\n    route_prefix: /\n"

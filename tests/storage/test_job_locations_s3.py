@@ -66,13 +66,18 @@ def test_mgs_command_names_a_missing_bucket_object(s3, tmp_path, tiny_model_dir,
     assert "\n" not in err and f"s3://{BUCKET}/mgs/missing.jsonl' does not exist" in err, err
 
 
-def test_probe_reads_a_bucket_corpus_and_writes_to_the_bucket(s3, ray_session, tmp_path, vocab_file):
+def test_probe_reads_a_bucket_corpus_and_writes_to_the_bucket(s3, tmp_path, vocab_file):
+    """`bert4ray probe` as users type it (a subprocess: its Ray workers get the S3 variables from
+    its environment), once on a bucket glob with a bucket output and once on the same file locally."""
+    import os
+    import subprocess
+    import sys
+
     import pyarrow.parquet as pq
     import torch
 
     from components.model import Transformer
     from components.tokenizer import Tokenizer
-    from pipelines.probe import load_probe_recipe, run_probe
     from tests.conftest import tiny_config
     torch.manual_seed(2)
     Transformer(tiny_config(Tokenizer(vocab_file).vocab_size, initializer_range=0.3)).save_pretrained(
@@ -80,19 +85,23 @@ def test_probe_reads_a_bucket_corpus_and_writes_to_the_bucket(s3, ray_session, t
     rows = [{"text": "我在银行修改密码", "words": ["我", "在", "银行", "修改", "密码"]}, {"text": "今天天气很好"}]
     s3.put(BUCKET, "probe/c.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode())
     (tmp_path / "c.jsonl").write_bytes(s3.client().get_object(Bucket=BUCKET, Key="probe/c.jsonl")["Body"].read())
+    recipe = tmp_path / "probe.yaml"
+    recipe.write_text(json.dumps({"name": "p", "workdir": str(tmp_path / "w"), "model": {"path": str(tmp_path / "mlm")},
+                                  "tracking": {"enabled": False}}))
+    env = {**os.environ, **s3.env()}
 
-    def run(files, out):
-        return run_probe(load_probe_recipe(data={
-            "name": "p", "workdir": str(tmp_path / "w"), "model": {"path": str(tmp_path / "mlm")},
-            "data": {"files": files}, "output": {"dir": out}, "tracking": {"enabled": False}}), progress=False)
-    remote = run([f"s3://{BUCKET}/probe/*.jsonl"], f"s3://{BUCKET}/out/probe")
-    local = run([str(tmp_path / "c.jsonl")], str(tmp_path / "out-local"))
-    assert remote.published == f"s3://{BUCKET}/out/probe"
-    parts = [k for k in s3.keys(BUCKET, "out/probe/") if k.endswith(".parquet")]
-    assert parts, s3.keys(BUCKET, "out/probe/")
-    got = {r["id"]: r["words"] for r in pq.read_table(f"s3://{BUCKET}/out/probe").to_pylist()}
-    want = {r["id"]: r["words"] for r in pq.read_table(local.output_dir).to_pylist()}
-    assert list(got.values()) and sorted(got.values()) == sorted(want.values())
+    def probe(files: str, out: str) -> str:
+        done = subprocess.run([sys.executable, "-m", "pipelines", "probe", str(recipe), "--set", f"data.files={files}",
+                               "--set", f"output.dir={out}", "--quiet"], env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done.stdout.strip().splitlines()[-1]
+    assert probe(f"[s3://{BUCKET}/probe/*.jsonl]", f"s3://{BUCKET}/out/probe") == f"s3://{BUCKET}/out/probe"
+    local = probe(f"[{tmp_path / 'c.jsonl'}]", str(tmp_path / "out-local"))
+    assert [k for k in s3.keys(BUCKET, "out/probe/") if k.endswith(".parquet")], s3.keys(BUCKET, "out/probe/")
+    got = sorted(r["words"] for r in pq.read_table(f"s3://{BUCKET}/out/probe").to_pylist())
+    want = sorted(r["words"] for r in pq.read_table(local).to_pylist())
+    assert got and got == want
 
 
 def test_an_mlflow_init_from_reaches_workers_on_other_nodes_through_the_bucket(s3, tiny_model_dir):
