@@ -66,6 +66,7 @@ def test_mgs_command_names_a_missing_bucket_object(s3, tmp_path, tiny_model_dir,
     assert "\n" not in err and f"s3://{BUCKET}/mgs/missing.jsonl' does not exist" in err, err
 
 
+@pytest.mark.slow             # a subprocess with its own Ray: about a minute
 def test_probe_reads_a_bucket_corpus_and_writes_to_the_bucket(s3, tmp_path, vocab_file):
     """`bert4ray probe` as users type it (a subprocess: its Ray workers get the S3 variables from
     its environment), once on a bucket glob with a bucket output and once on the same file locally."""
