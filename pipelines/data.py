@@ -48,8 +48,7 @@ class DataReport:
 
 
 # --- files -------------------------------------------------------------------------------------
-def check_files(paths: list[str], suffixes: tuple[str, ...] = JSONL_SUFFIXES + PARQUET_SUFFIXES,
-                what: str = "data file") -> list[str]:
+def check_files(paths: list[str], suffixes: tuple[str, ...] = JSONL_SUFFIXES + PARQUET_SUFFIXES) -> list[str]:
     """Absolute paths of readable files whose names end in one of `suffixes` (a clear error that
     names the file otherwise). An object-store URI (s3://bucket/file.jsonl, a "directory" prefix or
     a glob) becomes the URIs of the files it names."""
@@ -64,14 +63,14 @@ def check_files(paths: list[str], suffixes: tuple[str, ...] = JSONL_SUFFIXES + P
             continue
         path = Path(p).expanduser()
         if not path.is_file():
-            raise DataError(f"{what} '{p}' does not exist")
+            raise DataError(f"data file '{p}' does not exist")
         if not path.name.endswith(suffixes):
-            raise DataError(f"{what} '{p}': unknown format (use {', '.join(suffixes)})")
+            raise DataError(f"data file '{p}': unknown format (use {', '.join(suffixes)})")
         try:
             with open(path, "rb") as fh:
                 fh.read(1)
         except OSError as exc:
-            raise DataError(f"{what} '{p}' cannot be read ({exc.strerror})") from None
+            raise DataError(f"data file '{p}' cannot be read ({exc.strerror})") from None
         out.append(str(path.resolve()))
     return out
 
@@ -85,7 +84,7 @@ def read_location(location: str | Path, what: str = "file") -> bytes:
         except objectstore.LocationError as exc:
             if "does not exist" in str(exc):
                 raise FileNotFoundError(f"{what} '{location}' does not exist") from None
-            raise DataError(f"{what}: {exc}") from None
+            raise DataError(f"{what} {exc}") from None
     path = Path(location).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"{what} '{location}' does not exist")

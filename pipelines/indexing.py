@@ -27,14 +27,11 @@ class CorpusError(ValueError):
 
 def _corpus_bytes(path: str) -> bytes:
     """The corpus file's bytes, from a local path or an object-store URI (s3://, gs://, ...)."""
-    if objectstore.is_remote(path):
-        try:
-            return objectstore.read_bytes(path)
-        except objectstore.LocationError as exc:
-            raise CorpusError(f"corpus file {exc}") from None
-    if not Path(path).is_file():
-        raise CorpusError(f"corpus file '{path}' does not exist")
-    return Path(path).read_bytes()
+    from pipelines.data import read_location
+    try:
+        return read_location(path, "corpus file")
+    except (FileNotFoundError, ValueError) as exc:
+        raise CorpusError(str(exc)) from None
 
 
 def read_corpus(path: str | Path) -> list[dict]:
