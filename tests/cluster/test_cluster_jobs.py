@@ -197,6 +197,17 @@ def test_submit_without_follow_then_jobs_stop(head, files):
     waited = bert4ray("jobs", "status", job, "--address", head.address, "--follow", timeout=180)
     assert waited.returncode == 3 and re.search(rf"^job {job}: STOPPED", waited.stderr, re.M), waited.stderr
     assert bert4ray("jobs", "stop", job, "--address", head.address).stdout.strip() == f"job {job}: not running"
+    # A stopped job gives its CPUs back: its Train workers are gone, so the next job can be placed.
+    deadline = time.monotonic() + 120
+    while alive_train_workers(head):
+        assert time.monotonic() < deadline, f"Train workers of the stopped job still alive: {alive_train_workers(head)}"
+        time.sleep(1)
+
+
+def alive_train_workers(head) -> list:
+    from ray.util.state import list_actors
+    return list_actors(address=head.address, filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")],
+                       timeout=30)
 
 
 def logged_steps(storage: Path) -> list[int]:
@@ -236,8 +247,6 @@ def registered_checkpoint(storage: Path) -> int | None:
 
 
 def test_killed_worker_resumes_from_the_last_checkpoint(head, files, record_property):
-    from ray.util.state import list_actors
-
     storage = files["dir"] / "storage-kill"
     total, every = 72, 12
     recipe = write_recipe(files, "cluster-kill", schedule={"max_steps": total, "log_every": 1},
@@ -252,15 +261,16 @@ def test_killed_worker_resumes_from_the_last_checkpoint(head, files, record_prop
         deadline = time.monotonic() + 420
         while True:
             assert proc.poll() is None, out.read_text()[-3000:]
-            assert time.monotonic() < deadline, "no checkpoint and progress past it in time"
             saved = registered_checkpoint(storage)
             steps = logged_steps(storage)
+            assert time.monotonic() < deadline, (f"no checkpoint and progress past it in 420 s: registered "
+                                                 f"checkpoint {saved}, logged steps {steps[-5:]}, job log:\n"
+                                                 + out.read_text()[-3000:])
             assert not steps or steps[-1] < total - 6, f"the run got too far ({steps[-1]}) before a kill"
             if saved and steps and steps[-1] >= saved + 3:
                 break
             time.sleep(0.2)
-        workers = list_actors(address=head.address, filters=[("class_name", "=", "RayTrainWorker"),
-                                                             ("state", "=", "ALIVE")], timeout=30)
+        workers = alive_train_workers(head)
         assert len(workers) == 2, workers
         victim = workers[0].pid
         assert head.owns(victim), "the Train worker is not a process of the test's head"
