@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -255,13 +256,20 @@ class ProbeResult:
     """The bucket location the outputs were uploaded to (output.dir as a URI)."""
 
 
+def spread_rows(ds, n_rows: int, actors: int, batch_size: int):
+    """The rows in blocks of about one batch each. A block goes to one actor call, and a corpus of
+    one file arrives as one block: without this, one actor would probe it all while the others wait."""
+    return ds.repartition(max(min(actors, n_rows), math.ceil(n_rows / batch_size))).materialize()
+
+
 def _map(ds, recipe: ProbeRecipe, stage: str, threshold: float | None = None):
     from ray.data import ActorPoolStrategy
     c = recipe.compute
     args = (str(Path(recipe.model.path).resolve()), dataclasses.asdict(recipe.probe), stage, threshold,
             c.threads, recipe.output.matrices, recipe.eval.layers == "all")
+    actors = max(1, min(c.actors, ds.num_blocks()))
     return ds.map_batches(ProbeWorker, fn_constructor_args=args, batch_size=c.batch_size, batch_format="pyarrow",
-                          compute=ActorPoolStrategy(min_size=1, max_size=c.actors), num_cpus=c.cpus_per_actor)
+                          compute=ActorPoolStrategy(size=actors), num_cpus=c.cpus_per_actor)
 
 
 def run_probe(recipe: ProbeRecipe, progress: bool = True) -> ProbeResult:
@@ -294,6 +302,7 @@ def run_probe(recipe: ProbeRecipe, progress: bool = True) -> ProbeResult:
         if missing:
             raise ValueError(f"probe.root is 'gold' but {missing} of {n_rows} rows have no gold heads "
                              "(give CoNLL-U files, or use root: impact)")
+    ds = spread_rows(ds, n_rows, recipe.compute.actors, recipe.compute.batch_size)
     say(f"probing {n_rows} rows with {recipe.compute.actors} actor(s)")
     threshold = None
     if "segment" in recipe.probe.tasks:

@@ -183,3 +183,20 @@ def test_cli_reports_recipe_errors_in_one_line(tmp_path, capsys):
     assert main(["probe", str(bad), "--set", "probe.subwrd=avg"]) == 2
     assert main(["probe", str(tmp_path / "missing.yaml")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_rows_are_spread_over_the_actors(ray_session):
+    """A corpus of one file is one block; the probe cuts it into about one block per batch so that
+    every actor gets work."""
+    import ray
+
+    from pipelines.probe import spread_rows
+
+    one_block = ray.data.from_items([{"id": str(k)} for k in range(10)], override_num_blocks=1).materialize()
+    assert one_block.num_blocks() == 1
+    spread = spread_rows(one_block, 10, actors=2, batch_size=3)
+    assert spread.num_blocks() == 4
+    assert sorted(r["id"] for r in spread.iter_rows()) == sorted(str(k) for k in range(10))
+    assert spread_rows(one_block, 10, actors=2, batch_size=32).num_blocks() == 2      # at least one per actor
+    single = ray.data.from_items([{"id": "0"}]).materialize()
+    assert spread_rows(single, 1, actors=2, batch_size=32).num_blocks() == 1
