@@ -267,9 +267,10 @@ def _map(ds, recipe: ProbeRecipe, stage: str, threshold: float | None = None):
     c = recipe.compute
     args = (str(Path(recipe.model.path).resolve()), dataclasses.asdict(recipe.probe), stage, threshold,
             c.threads, recipe.output.matrices, recipe.eval.layers == "all")
-    actors = max(1, min(c.actors, ds.num_blocks()))
+    # An autoscaling pool: it grows to compute.actors as blocks queue up, and a cluster with room for
+    # fewer actors than asked still runs the job.
     return ds.map_batches(ProbeWorker, fn_constructor_args=args, batch_size=c.batch_size, batch_format="pyarrow",
-                          compute=ActorPoolStrategy(size=actors), num_cpus=c.cpus_per_actor)
+                          compute=ActorPoolStrategy(min_size=1, max_size=c.actors), num_cpus=c.cpus_per_actor)
 
 
 def run_probe(recipe: ProbeRecipe, progress: bool = True) -> ProbeResult:
