@@ -162,7 +162,9 @@ def _local_init_from(recipe: Recipe, workdir: Path) -> Recipe:
     if not is_uri(reference):
         if not Path(reference).is_dir():
             raise FileNotFoundError(f"model.init_from '{reference}' is not a directory")
-        return recipe
+        # Absolute: Ray Train workers run in their own working directory, not the command's.
+        path = Path(reference).expanduser().resolve()
+        return dataclasses.replace(recipe, model=dataclasses.replace(recipe.model, init_from=str(path)))
     from pipelines.model_store import resolve_model
     from pipelines.tracking import tracking_uri
     cache = os.environ.get("BERT4RAY_MODEL_CACHE") or workdir / "cache" / "models"

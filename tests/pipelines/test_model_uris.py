@@ -114,6 +114,27 @@ def test_a_tune_recipe_takes_a_uri(store, tmp_path):
     assert (model_dir / "model.safetensors").read_bytes() == (store["simbert"] / "model.safetensors").read_bytes()
 
 
+def test_init_from_a_relative_directory_trains(ray_session, store, tmp_path, monkeypatch):
+    """`--set model.init_from=runs/x/model` as users type it: relative to the command's directory,
+    which is not the Ray Train workers' own."""
+    from pipelines.recipe import load_recipe
+    from pipelines.train import run_training
+
+    data = tmp_path / "groups.jsonl"
+    data.write_text("".join(json.dumps({"texts": g}, ensure_ascii=False) + "\n" for g in GROUPS * 4),
+                    encoding="utf-8")
+    monkeypatch.chdir(store["simbert"].parent)
+    recipe = load_recipe(data={
+        "name": "from-relative", "workdir": str(tmp_path),
+        "model": {"init_from": store["simbert"].name},
+        "data": {"train": [str(data)], "max_length": 32, "validation_fraction": 0.0},
+        "task": {"name": "simbert"}, "optim": {"lr": 1e-3, "batch_size": 8},
+        "schedule": {"max_steps": 2, "warmup_steps": 1, "log_every": 1},
+        "checkpoint": {"every_steps": 0}, "tracking": {"experiment": "uris", "registered_model": None}})
+    result = run_training(recipe, progress=False)
+    assert Transformer.from_pretrained(result.model_dir).config.hidden_size == 48   # the init model's
+
+
 def test_init_from_a_registered_alias_trains(ray_session, store, tmp_path):
     import mlflow
 
