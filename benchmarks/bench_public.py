@@ -56,7 +56,8 @@ def commands(data: str) -> dict[str, list[str]]:
                     f"--output {RUNS}/simbert-stsb-mlm/model",
                     f"{B} sts --model {RUNS}/simbert-stsb-mlm/model --test {sts}/STS-B.test.data "
                     f"--train {sts}/STS-B.train.data"],
-        "rank": [f"{B} train pipelines/recipes/dialog-tiny.yaml --output {RUNS}/dialog-tiny/model",
+        "rank": [f"{B} train pipelines/recipes/dialog-tiny.yaml --output {RUNS}/dialog-tiny/model "
+                 "--set task.generation_samples=0 --set task.ranking=null",
                  f"{B} rank --model {RUNS}/dialog-tiny/model"],
     }
 
