@@ -163,15 +163,15 @@ def _local_init_from(recipe: Recipe, workdir: Path) -> Recipe:
         if not Path(reference).is_dir():
             raise FileNotFoundError(f"model.init_from '{reference}' is not a directory")
         # Absolute: Ray Train workers run in their own working directory, not the command's.
-        path = Path(reference).expanduser().resolve()
-        return dataclasses.replace(recipe, model=dataclasses.replace(recipe.model, init_from=str(path)))
-    from pipelines.model_store import resolve_model
-    from pipelines.tracking import tracking_uri
-    cache = os.environ.get("BERT4RAY_MODEL_CACHE") or workdir / "cache" / "models"
-    try:
-        path = resolve_model(reference, cache_dir=cache, tracking_uri=tracking_uri(workdir))
-    except (FileNotFoundError, ValueError) as exc:
-        raise ValueError(f"model.init_from: {exc}") from None
+        path = Path(reference).resolve()
+    else:
+        from pipelines.model_store import resolve_model
+        from pipelines.tracking import tracking_uri
+        cache = os.environ.get("BERT4RAY_MODEL_CACHE") or workdir / "cache" / "models"
+        try:
+            path = resolve_model(reference, cache_dir=cache, tracking_uri=tracking_uri(workdir))
+        except (FileNotFoundError, ValueError) as exc:
+            raise ValueError(f"model.init_from: {exc}") from None
     return dataclasses.replace(recipe, model=dataclasses.replace(recipe.model, init_from=str(path)))
 
 
