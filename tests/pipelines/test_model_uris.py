@@ -114,46 +114,41 @@ def test_a_tune_recipe_takes_a_uri(store, tmp_path):
     assert (model_dir / "model.safetensors").read_bytes() == (store["simbert"] / "model.safetensors").read_bytes()
 
 
-def test_init_from_a_relative_directory_trains(ray_session, store, tmp_path, monkeypatch):
-    """`--set model.init_from=runs/x/model` as users type it: relative to the command's directory,
-    which is not the Ray Train workers' own."""
+def simbert_recipe(tmp_path: Path, name: str, init_from: str, steps: int):
+    """A few SimBERT steps on the GROUPS corpus, starting from `init_from`."""
     from pipelines.recipe import load_recipe
-    from pipelines.train import run_training
 
     data = tmp_path / "groups.jsonl"
     data.write_text("".join(json.dumps({"texts": g}, ensure_ascii=False) + "\n" for g in GROUPS * 4),
                     encoding="utf-8")
-    monkeypatch.chdir(store["simbert"].parent)
-    recipe = load_recipe(data={
-        "name": "from-relative", "workdir": str(tmp_path),
-        "model": {"init_from": store["simbert"].name},
+    return load_recipe(data={
+        "name": name, "workdir": str(tmp_path),
+        "model": {"init_from": init_from},
         "data": {"train": [str(data)], "max_length": 32, "validation_fraction": 0.0},
         "task": {"name": "simbert"}, "optim": {"lr": 1e-3, "batch_size": 8},
-        "schedule": {"max_steps": 2, "warmup_steps": 1, "log_every": 1},
-        "checkpoint": {"every_steps": 0}, "tracking": {"experiment": "uris", "registered_model": None}})
-    result = run_training(recipe, progress=False)
+        "schedule": {"max_steps": steps, "warmup_steps": 1, "log_every": 1},
+        "checkpoint": {"every_steps": 0},
+        # The module's experiment keeps artifacts under tmp (a new one would default to ./mlruns).
+        "tracking": {"experiment": "uris", "registered_model": None}})
+
+
+def test_init_from_a_relative_directory_trains(ray_session, store, tmp_path, monkeypatch):
+    """`--set model.init_from=runs/x/model` as users type it: relative to the command's directory,
+    which is not the Ray Train workers' own."""
+    from pipelines.train import run_training
+
+    monkeypatch.chdir(store["simbert"].parent)
+    result = run_training(simbert_recipe(tmp_path, "from-relative", store["simbert"].name, steps=2), progress=False)
     assert Transformer.from_pretrained(result.model_dir).config.hidden_size == 48   # the init model's
 
 
 def test_init_from_a_registered_alias_trains(ray_session, store, tmp_path):
     import mlflow
 
-    from pipelines.recipe import load_recipe
     from pipelines.train import run_training
 
-    data = tmp_path / "groups.jsonl"
-    data.write_text("".join(json.dumps({"texts": g}, ensure_ascii=False) + "\n" for g in GROUPS * 4),
-                    encoding="utf-8")
-    recipe = load_recipe(data={
-        "name": "from-alias", "workdir": str(tmp_path),
-        "model": {"init_from": "models:/tiny-simbert@champion"},
-        "data": {"train": [str(data)], "max_length": 32, "validation_fraction": 0.0},
-        "task": {"name": "simbert"}, "optim": {"lr": 1e-3, "batch_size": 8},
-        "schedule": {"max_steps": 3, "warmup_steps": 1, "log_every": 1},
-        "checkpoint": {"every_steps": 0},
-        # The module's experiment keeps artifacts under tmp (a new one would default to ./mlruns).
-        "tracking": {"experiment": "uris", "registered_model": None}})
-    result = run_training(recipe, progress=False)
+    result = run_training(simbert_recipe(tmp_path, "from-alias", "models:/tiny-simbert@champion", steps=3),
+                          progress=False)
     start = Transformer.from_pretrained(store["simbert"])
     trained = Transformer.from_pretrained(result.model_dir)
     assert trained.config.hidden_size == start.config.hidden_size == 48       # the registered architecture
