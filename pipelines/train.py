@@ -112,6 +112,16 @@ def _resolve_files(recipe: Recipe, wd: Workdir) -> tuple[list[str], list[str]]:
     return train, data_mod.check_files(cfg.validation) if cfg.validation else []
 
 
+def on_this_node() -> dict:
+    """Actor options that keep a driver-side helper actor (progress queue, stop board) on the
+    driver's node, using no CPU: left to the scheduler it may land on a worker node, and losing
+    that node would then take the driver down with it instead of letting the run resume."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+    node = ray.get_runtime_context().get_node_id()
+    return {"num_cpus": 0, "scheduling_strategy": NodeAffinitySchedulingStrategy(node, soft=False)}
+
+
 def _nodes_alive() -> int:
     import ray
     return sum(1 for n in ray.nodes() if n.get("Alive"))
@@ -325,7 +335,7 @@ class TrainingJob:
         """Run the workers on Ray Train and follow their progress records as they arrive (the live
         line, MLflow metrics, on_record, self.history). Returns Ray Train's Result."""
         from ray.util.queue import Queue
-        queue = Queue(maxsize=10_000)
+        queue = Queue(maxsize=10_000, actor_options=on_this_node())
         trainer = self._trainer(queue, should_stop)
         thread, outcome = _fit_in_background(trainer)
         with _Progress(self.total, enabled=progress) as bar:

@@ -160,10 +160,12 @@ def _run_trials(recipe: TuneRecipe, params: list[Param], training, spec: dict, t
                 result: TuneResult, points: list[dict] | None, say) -> list[TrialRecord]:
     """Run the trials on Ray Tune and return their records."""
     import ray
+
+    from pipelines.train import on_this_node
     search = make_searcher(recipe, params, result.metric, result.mode, points)
     board = None
     if recipe.scheduler.name == "asha":
-        board = ray.remote(num_cpus=0)(StopBoard).remote()
+        board = ray.remote(StopBoard).options(**on_this_node()).remote()
         spec["stop_board"] = board
     tuner = _tuner(recipe, training, spec, search, board, trial_events(tracking, result, recipe, say))
     try:
