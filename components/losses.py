@@ -5,6 +5,9 @@
 - `in_batch_contrastive_loss`: SimBERT's retrieval objective. Rows come in adjacent pairs
   (a, b), (b, a); each row's partner is its positive and every other row a negative. Cosine
   similarities of the L2-normalised vectors are scaled (default 30), the diagonal is masked.
+- `cosent_loss`: CoSENT's ranking objective on graded pairs (STS-B scores): every two pairs whose
+  gold scores differ should keep that order in their cosines,
+  log(1 + sum over s_i > s_j of exp(scale * (cos_j - cos_i))).
 """
 
 from __future__ import annotations
@@ -39,3 +42,15 @@ def in_batch_contrastive_loss(vectors: torch.Tensor, scale: float = 30.0) -> tor
     sim = v @ v.T * scale                                                    # (B, B)
     sim = sim.masked_fill(torch.eye(len(v), dtype=torch.bool, device=v.device), float("-inf"))
     return F.cross_entropy(sim, partner_index(len(v), v.device))
+
+
+def cosent_loss(cosines: torch.Tensor, scores: torch.Tensor, scale: float = 20.0) -> torch.Tensor:
+    """cosines, scores: (B,) for B sentence pairs. Pairs with equal scores are not compared; a
+    batch whose scores are all equal gives log(1) = 0 (and a zero gradient)."""
+    if cosines.shape != scores.shape or cosines.dim() != 1:
+        raise ValueError(f"cosent_loss needs two (B,) tensors, got {tuple(cosines.shape)} and {tuple(scores.shape)}")
+    c = cosines.float() * scale
+    diff = c[None, :] - c[:, None]                                # [i, j] = scale * (cos_j - cos_i)
+    ordered = scores[:, None] > scores[None, :]                   # i should be the more similar
+    diff = diff.masked_fill(~ordered, float("-inf"))
+    return torch.logsumexp(torch.cat([c.new_zeros(1), diff.flatten()]), dim=0)

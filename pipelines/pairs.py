@@ -1,30 +1,31 @@
 """Labelled sentence-pair files (LCQMC / BQ / AFQMC style: `text_a \\t text_b \\t label`).
 
-Two uses:
+Uses:
 - training groups for `simbert`: the positive pairs joined into groups of synonymous sentences
   (connected components: a~b and b~c put a, b, c in one group);
 - threshold accuracy of a retrieval model: pick the cosine threshold that classifies the dev pairs
-  best, then report the accuracy of that threshold on the test pairs.
+  best, then report the accuracy of that threshold on the test pairs;
+- graded pairs (STS-B: `s1 \\t s2 \\t score`): the test sets of `bert4ray sts` and the training rows
+  of the `cosent` task.
 
     bert4ray data pairs --input lcqmc/train.tsv --out groups.jsonl
+    bert4ray data pairs --input STS-B.train.data --scores --out stsb-scored.jsonl
 """
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
 
 
-def read_pairs(path: str | Path, min_score: float | None = None) -> list[tuple[str, str, int]]:
-    """(text_a, text_b, label) rows; a malformed line is an error naming file and line.
-    A first line whose label is not 0/1 is taken as a header and skipped. With `min_score`, the third
-    field is a graded score (e.g. STS-B's 0-5) and a pair is positive (1) when it is >= min_score."""
-    path = Path(path)
+def _pair_lines(path: str | Path, what: str):
+    """(line number, a, b, third field) of each non-blank line of a tab-separated pair file."""
+    path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"pair file '{path}' does not exist")
-    rows = []
     with open(path, encoding="utf-8") as fh:
         for line_no, line in enumerate(fh, 1):
             line = line.rstrip("\r\n")
@@ -32,23 +33,48 @@ def read_pairs(path: str | Path, min_score: float | None = None) -> list[tuple[s
                 continue
             parts = line.split("\t")
             if len(parts) != 3:
-                raise ValueError(f"{path}:{line_no}: expected 'text_a<TAB>text_b<TAB>label', "
+                raise ValueError(f"{path}:{line_no}: expected 'text_a<TAB>text_b<TAB>{what}', "
                                  f"got {len(parts)} field(s)")
-            a, b, label = (p.strip() for p in parts)
-            if min_score is not None:
-                try:
-                    label = "1" if float(label) >= min_score else "0"
-                except ValueError:
-                    if line_no == 1 and not rows:
-                        continue                   # header
-                    raise ValueError(f"{path}:{line_no}: score must be a number, got '{label[:20]}'") from None
-            if label not in ("0", "1"):
-                if line_no == 1 and not rows:
-                    continue                       # header
-                raise ValueError(f"{path}:{line_no}: label must be 0 or 1, got '{label[:20]}'")
-            if not a or not b:
-                raise ValueError(f"{path}:{line_no}: empty sentence")
-            rows.append((a, b, int(label)))
+            a, b, third = (p.strip() for p in parts)
+            yield line_no, a, b, third
+
+
+def read_pairs(path: str | Path, min_score: float | None = None) -> list[tuple[str, str, int]]:
+    """(text_a, text_b, label) rows; a malformed line is an error naming file and line.
+    A first line whose label is not 0/1 is taken as a header and skipped. With `min_score`, the third
+    field is a graded score (e.g. STS-B's 0-5) and a pair is positive (1) when it is >= min_score."""
+    if min_score is not None:
+        return [(a, b, int(score >= min_score)) for a, b, score in read_scored_pairs(path)]
+    rows = []
+    for line_no, a, b, label in _pair_lines(path, "label"):
+        if label not in ("0", "1"):
+            if line_no == 1:
+                continue                           # header
+            raise ValueError(f"{path}:{line_no}: label must be 0 or 1, got '{label[:20]}'")
+        if not a or not b:
+            raise ValueError(f"{path}:{line_no}: empty sentence")
+        rows.append((a, b, int(label)))
+    if not rows:
+        raise ValueError(f"{path}: no pairs")
+    return rows
+
+
+def read_scored_pairs(path: str | Path) -> list[tuple[str, str, float]]:
+    """(text_a, text_b, score) rows of a graded pair file (STS-B: `s1 \\t s2 \\t 0-5`); a malformed
+    line is an error naming file and line. A first line whose score is not a number is a header."""
+    rows = []
+    for line_no, a, b, score in _pair_lines(path, "score"):
+        try:
+            value = float(score)
+        except ValueError:
+            if line_no == 1:
+                continue                           # header
+            raise ValueError(f"{path}:{line_no}: score must be a number, got '{score[:20]}'") from None
+        if not math.isfinite(value):
+            raise ValueError(f"{path}:{line_no}: score must be finite, got '{score[:20]}'")
+        if not a or not b:
+            raise ValueError(f"{path}:{line_no}: empty sentence")
+        rows.append((a, b, value))
     if not rows:
         raise ValueError(f"{path}: no pairs")
     return rows
@@ -82,18 +108,29 @@ def pairs_to_groups(pairs: list[tuple[str, str, int]]) -> list[list[str]]:
     return list(groups.values())
 
 
-def write_groups(pair_file: str | Path, out: str | Path, min_score: float | None = None) -> tuple[Path, int]:
-    """Convert a pair file into `{"texts": [...]}` JSON Lines (atomically); returns (path, groups).
-    `min_score`: graded pairs (STS-B), positive from that score on (see read_pairs)."""
-    groups = pairs_to_groups(read_pairs(pair_file, min_score))
+def _write_jsonl(rows: list[dict], out: str | Path) -> Path:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
     with open(tmp, "w", encoding="utf-8") as fh:
-        for g in groups:
-            fh.write(json.dumps({"texts": g}, ensure_ascii=False) + "\n")
+        for row in rows:
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
     tmp.replace(out)
-    return out, len(groups)
+    return out
+
+
+def write_groups(pair_file: str | Path, out: str | Path, min_score: float | None = None) -> tuple[Path, int]:
+    """Convert a pair file into `{"texts": [...]}` JSON Lines (atomically); returns (path, groups).
+    `min_score`: graded pairs (STS-B), positive from that score on (see read_pairs)."""
+    groups = pairs_to_groups(read_pairs(pair_file, min_score))
+    return _write_jsonl([{"texts": g} for g in groups], out), len(groups)
+
+
+def write_scored_pairs(pair_file: str | Path, out: str | Path) -> tuple[Path, int]:
+    """Convert a graded pair file into `{"text_a", "text_b", "score"}` JSON Lines for the `cosent`
+    task (atomically); returns (path, pairs)."""
+    rows = read_scored_pairs(pair_file)
+    return _write_jsonl([{"text_a": a, "text_b": b, "score": score} for a, b, score in rows], out), len(rows)
 
 
 def pairs_from_groups(groups: list[list[str]], seed: int = 0) -> list[tuple[str, str, int]]:

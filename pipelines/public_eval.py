@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from components.textsim import TfIdf, char_ngrams, jaccard, spearman
+from pipelines.pairs import read_scored_pairs
 
 
 # --- response selection ----------------------------------------------------------------------------
@@ -53,35 +54,14 @@ def rank_report(model_dir: str | Path, test: str = "taobao", train: str | None =
 
 
 # --- sentence similarity ---------------------------------------------------------------------------
-def read_sts(path: str | Path) -> list[tuple[str, str, float]]:
-    """(s1, s2, score) rows of an STS-B file; a malformed line is an error naming file and line."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"STS file '{path}' does not exist")
-    rows = []
-    for k, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        parts = line.rstrip("\r").split("\t")
-        try:
-            if len(parts) != 3:
-                raise ValueError
-            rows.append((parts[0].strip(), parts[1].strip(), float(parts[2])))
-        except ValueError:
-            raise ValueError(f"{path}:{k}: expected 'sentence1<TAB>sentence2<TAB>score'") from None
-    if not rows:
-        raise ValueError(f"{path}: no pairs")
-    return rows
-
-
 def sts_report(model_dir: str | Path | None, test: str | Path, train: str | Path,
                batch_size: int = 64) -> dict:
     """Spearman x 100 of the model's cosine (when model_dir) and of the lexical baselines."""
     import numpy as np
 
-    rows = read_sts(test)
+    rows = read_scored_pairs(test)
     gold = [s for _, _, s in rows]
-    train_rows = read_sts(train)
+    train_rows = read_scored_pairs(train)
     idf = TfIdf.fit(char_ngrams(s) for a, b, _ in train_rows for s in (a, b))
     table = []
     flat: dict[str, float] = {"pairs": float(len(rows))}

@@ -1,11 +1,11 @@
-"""SimBERT's two losses against explicit per-element computations."""
+"""SimBERT's two losses and CoSENT against explicit per-element computations."""
 
 import math
 
 import pytest
 import torch
 
-from components.losses import in_batch_contrastive_loss, partner_index, seq2seq_loss
+from components.losses import cosent_loss, in_batch_contrastive_loss, partner_index, seq2seq_loss
 
 
 def test_seq2seq_loss_counts_only_target_tokens():
@@ -40,3 +40,18 @@ def test_contrastive_loss_matches_explicit_softmax():
     assert in_batch_contrastive_loss(v).item() == pytest.approx(total / 6, rel=1e-5)
     with pytest.raises(ValueError, match="even batch size"):
         in_batch_contrastive_loss(v[:5])
+
+
+def test_cosent_loss_matches_the_explicit_sum_over_ordered_pairs():
+    cos = torch.tensor([0.9, 0.2, 0.5, 0.5, -0.1])
+    scores = torch.tensor([5.0, 1.0, 3.0, 3.0, 1.0])        # ties (3, 3) and (1, 1) are not compared
+    terms = [math.exp(20 * (float(cos[j]) - float(cos[i])))
+             for i in range(5) for j in range(5) if scores[i] > scores[j]]
+    assert len(terms) == 8
+    assert cosent_loss(cos, scores).item() == pytest.approx(math.log(1 + sum(terms)), rel=1e-5)
+    # Cosines in the gold order score lower than the same cosines reversed.
+    ranked = torch.tensor([0.9, 0.1, 0.5, 0.5, 0.1])
+    assert cosent_loss(ranked, scores) < cosent_loss(-ranked, scores)
+    assert cosent_loss(cos, torch.full((5,), 2.0)).item() == 0.0
+    with pytest.raises(ValueError, match=r"\(B,\) tensors"):
+        cosent_loss(cos, scores[:4])

@@ -1,4 +1,5 @@
-"""Pair files (LCQMC/BQ style) -> SimBERT groups, and threshold accuracy against brute force."""
+"""Pair files (LCQMC/BQ style) -> SimBERT groups, graded pairs (STS-B style) -> cosent rows, and
+threshold accuracy against brute force."""
 
 import itertools
 import json
@@ -8,7 +9,14 @@ import sys
 import numpy as np
 import pytest
 
-from pipelines.pairs import best_threshold, pairs_to_groups, read_pairs, threshold_accuracy
+from pipelines.pairs import (
+    best_threshold,
+    pairs_to_groups,
+    read_pairs,
+    read_scored_pairs,
+    threshold_accuracy,
+    write_scored_pairs,
+)
 
 
 def write(tmp_path, text, name="pairs.tsv"):
@@ -38,6 +46,29 @@ def test_positive_pairs_join_into_connected_groups(tmp_path):
 def test_malformed_pair_files_name_the_line(tmp_path, text, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
         read_pairs(write(tmp_path, text))
+
+
+def test_graded_pairs_become_cosent_rows_and_thresholded_groups(tmp_path):
+    path = write(tmp_path, "一个女人在切洋葱。\t一位女士在切洋葱。\t5\n"
+                 "一个男人在弹吉他。\t一只狗在跑。\t0.4\n"
+                 "一个男人在弹吉他。\t一个人在弹吉他。\t4\n", "sts.data")
+    assert read_scored_pairs(path)[1] == ("一个男人在弹吉他。", "一只狗在跑。", 0.4)
+    assert [label for *_, label in read_pairs(path, min_score=4)] == [1, 0, 1]
+    out, n = write_scored_pairs(path, tmp_path / "out" / "scored.jsonl")
+    rows = [json.loads(line) for line in out.read_text("utf-8").splitlines()]
+    assert n == 3 and rows[0] == {"text_a": "一个女人在切洋葱。", "text_b": "一位女士在切洋葱。", "score": 5.0}
+    assert not list(out.parent.glob(".*.tmp"))
+
+
+@pytest.mark.parametrize("text, message", [
+    ("a\tb\t1\nc\td\n", "sts.data:2: expected 'text_a<TAB>text_b<TAB>score', got 2 field(s)"),
+    ("a\tb\t1\nc\td\thigh\n", "sts.data:2: score must be a number, got 'high'"),
+    ("a\tb\tnan\n", "sts.data:1: score must be finite"),
+    ("s1\ts2\tscore\n", "no pairs"),                  # a header alone
+])
+def test_malformed_graded_pair_files_name_the_line(tmp_path, text, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        read_scored_pairs(write(tmp_path, text, "sts.data"))
 
 
 def test_best_threshold_equals_brute_force():
@@ -70,6 +101,9 @@ def test_data_pairs_command(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "pipelines", "data", "pairs", "--out", str(out)],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "needs --input" in bad.stderr and "Traceback" not in bad.stderr
+    both = subprocess.run([sys.executable, "-m", "pipelines", "data", "pairs", "--input", str(src), "--scores",
+                           "--min-score", "4", "--out", str(out)], capture_output=True, text=True, timeout=60)
+    assert both.returncode == 2 and "choose one" in both.stderr and "Traceback" not in both.stderr
 
 
 def test_pairs_from_groups_balance_positives_and_negatives():

@@ -127,7 +127,7 @@ def test_rank_command_scores_model_and_baselines(tiny_model_dir, tmp_path, capsy
 def test_sts_command_and_stsb_groups(tiny_model_dir, tmp_path, capsys):
     from components.textsim import spearman
     from pipelines.cli import main
-    from pipelines.public_eval import read_sts
+    from pipelines.pairs import read_scored_pairs as read_sts
     test = tmp_path / "sts-test-subset.data"
     lines = Path(shared("sts-b-zh", "STS-B.test.data")).read_text("utf-8").splitlines()[:200]
     test.write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -149,3 +149,60 @@ def test_sts_command_and_stsb_groups(tiny_model_dir, tmp_path, capsys):
     positives = sum(1 for _, _, s in read_sts(train) if s >= 4)
     assert 0 < len(got) <= positives and all(len(g) >= 2 for g in got)
     assert np.mean([len(g) for g in got]) < 3
+
+
+def test_cosent_recipe_trains_on_scored_stsb_pairs_and_sts_reads_the_model(tmp_path, capsys):
+    """`bert4ray data pairs --scores` then `bert4ray train pipelines/recipes/cosent-stsb.yaml` as a
+    user types them (a subprocess, default Ray settings), on 640 train and 200 validation pairs, from
+    a small random model (not the recipe's SimBERT start) whose vocabulary covers the pairs; `bert4ray
+    sts` then reads the exported model."""
+    import subprocess
+    import sys
+
+    from pipelines.cli import main
+    from pipelines.tasks.cosent import CoSENTTask
+    data = {}
+    for split, name, n in (("train", "STS-B.train.data", 640), ("valid", "STS-B.valid.data", 200)):
+        subset = tmp_path / f"{split}.data"
+        lines = Path(shared("sts-b-zh", name)).read_text("utf-8").splitlines()[:n]
+        subset.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        data[split] = tmp_path / f"{split}.jsonl"
+        assert main(["data", "pairs", "--input", str(subset), "--scores", "--out", str(data[split])]) == 0
+    assert f"{n} scored pairs" in capsys.readouterr().out
+    row = json.loads(data["train"].read_text("utf-8").splitlines()[0])
+    assert CoSENTTask().check_row(row) is None
+    # A large initializer range keeps the random model's sentence vectors apart: the default one gives
+    # cosines within 1e-6 of each other, whose ranks are rounding noise.
+    from components.model import Transformer
+    from components.tokenizer import Tokenizer
+    from tests.conftest import SPECIALS, tiny_config
+    chars = sorted({c for split in ("train", "valid") for c in (tmp_path / f"{split}.data").read_text("utf-8")
+                    if not c.isspace()})
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(SPECIALS + [c for c in chars if c not in SPECIALS]) + "\n", encoding="utf-8")
+    init = tmp_path / "init"
+    torch.manual_seed(0)
+    Transformer(tiny_config(Tokenizer(vocab).vocab_size, initializer_range=0.3, pooler_activation="linear")
+                ).save_pretrained(init, metadata={"vocab_file": str(vocab), "task": "simbert"})
+    out = tmp_path / "model"
+    overrides = [f"model.init_from={init}", f"workdir={tmp_path}", f"data.train=[{data['train']}]",
+                 f"data.validation=[{data['valid']}]", "schedule.epochs=2", "schedule.warmup_steps=3",
+                 "schedule.log_every=4", "schedule.eval_every=10", "checkpoint.every_steps=0"]
+    proc = subprocess.run([sys.executable, "-m", "pipelines", "train", str(RECIPES / "cosent-stsb.yaml"),
+                           "--output", str(out), "--quiet", *(a for o in overrides for a in ("--set", o))],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = mlflow.search_runs(experiment_names=["bert4ray"], output_format="list")[0]
+    client = mlflow.MlflowClient()
+    loss = [m.value for m in client.get_metric_history(run.info.run_id, "cosent")]
+    spearman = [m.value for m in client.get_metric_history(run.info.run_id, "eval_spearman")]
+    assert len(loss) == 5 and min(loss[-2:]) < loss[0], loss          # 20 steps: 10 per epoch of 640 pairs
+    assert len(spearman) == 2, spearman
+    # The evaluation inside training and `bert4ray sts` on the exported model agree on the same pairs.
+    from pipelines.public_eval import sts_report
+    report = sts_report(out, tmp_path / "valid.data", tmp_path / "train.data")
+    assert report["metrics"]["model_spearman"] == pytest.approx(spearman[-1], abs=1e-4)
+    assert main(["sts", "--model", str(out), "--test", str(tmp_path / "valid.data"), "--train",
+                 str(tmp_path / "train.data"), "--no-mlflow"]) == 0
+    assert "Spearman x 100 on 200 pairs" in capsys.readouterr().out

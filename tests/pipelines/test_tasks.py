@@ -127,3 +127,34 @@ def test_simbert_rows_pairs_and_losses(tokenizer, make_model):
     assert float(parts["loss"]) == pytest.approx(float(s2s + con))
     metrics = task.evaluate(model, [batch], tokenizer)
     assert {"seq2seq", "contrastive", "top1", "top5", "top1_chance"} <= set(metrics)
+
+
+def test_cosent_scores_the_retrieval_vectors_of_each_sentence_alone(tokenizer, make_model):
+    from components.losses import cosent_loss
+    from components.simbert import SimBERT
+    from components.textsim import spearman
+    cls = get_task("cosent")
+    task = cls(cls.Options(scale=20.0))
+    assert task.check_row({"text_a": "今天天气", "text_b": "天气如何", "score": 4}) is None
+    assert task.check_row({"text_a": "今天天气", "score": 4}) == "missing field 'text_b'"
+    assert "finite number" in task.check_row({"text_a": "a", "text_b": "b", "score": "4"})
+    assert "finite number" in task.check_row({"text_a": "a", "text_b": "b", "score": float("nan")})
+    assert "finite number" in task.check_row({"text_a": "a", "text_b": "b", "score": True})
+    with pytest.raises(ValueError, match="scale must be > 0"):
+        cls.Options(scale=0).check()
+    pairs = [("今天天气很好", "天气真好", 4.6), ("我想退款", "怎么退款", 3.8), ("快递没到", "今天天气很好", 0.2),
+             ("如何修改密码", "密码忘记怎么办", 2.5)]
+    rows = [task.encode({"text_a": a, "text_b": b, "score": s}, tokenizer, 32) for a, b, s in pairs]
+    batch = task.collate(rows, tokenizer, torch.Generator())
+    assert batch["input_ids"].shape[0] == 8 and batch["scores"].tolist() == pytest.approx([4.6, 3.8, 0.2, 2.5])
+    assert tokenizer.decode(batch["input_ids"][3].tolist()) == "怎么退款"
+    model = make_model(pooler_activation="linear")
+    # The sentence vectors are SimBERT's retrieval vectors (pooled [CLS] of the sentence alone).
+    sim = SimBERT(model, tokenizer)
+    va, vb = sim.encode([a for a, _, _ in pairs]), sim.encode([b for _, b, _ in pairs])
+    cosines = torch.tensor((va * vb).sum(axis=1))
+    parts = task.loss_fn(model, batch, None)
+    assert float(parts["loss"].detach()) == pytest.approx(float(cosent_loss(cosines, batch["scores"])), rel=1e-4)
+    metrics = task.evaluate(model, [batch], tokenizer)
+    assert metrics["spearman"] == pytest.approx(spearman(cosines.tolist(), [s for *_, s in pairs]))
+    assert -1.0 <= metrics["tfidf_spearman"] <= 1.0 and metrics["cosent"] == pytest.approx(float(parts["loss"].detach()))
