@@ -85,9 +85,6 @@ class CoSENTTask(Task):
         loss = cosent_loss(self._cosines(model, batch, inputs_embeds), batch["scores"], self.options.scale)
         return {"loss": loss, "cosent": loss}
 
-    def count_tokens(self, batch: dict) -> int:
-        return int(batch["attention_mask"].sum())
-
     @torch.no_grad()
     def evaluate(self, model, batches: Iterable[dict], tokenizer) -> dict[str, float]:
         cosines, scores, losses, tfidf_pairs = [], [], [], []

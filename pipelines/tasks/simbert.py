@@ -110,9 +110,6 @@ class SimBERTTask(Task):
         return {"loss": o.seq2seq_weight * s2s + o.contrastive_weight * con, "seq2seq": s2s,
                 "contrastive": con, "logits": out.logits}
 
-    def count_tokens(self, batch: dict) -> int:
-        return int(batch["attention_mask"].sum())
-
     @torch.no_grad()
     def evaluate(self, model, batches: Iterable[dict], tokenizer) -> dict[str, float]:
         vectors, groups, s2s, con, n = [], [], 0.0, 0.0, 0

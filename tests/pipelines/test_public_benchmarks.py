@@ -6,6 +6,8 @@ guard the plumbing and the scoring, not the figures (benchmarks/RESULTS.md has t
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import mlflow
@@ -156,9 +158,6 @@ def test_cosent_recipe_trains_on_scored_stsb_pairs_and_sts_reads_the_model(tmp_p
     user types them (a subprocess, default Ray settings), on 640 train and 200 validation pairs, from
     a small random model (not the recipe's SimBERT start) whose vocabulary covers the pairs; `bert4ray
     sts` then reads the exported model."""
-    import subprocess
-    import sys
-
     from pipelines.cli import main
     from pipelines.tasks.cosent import CoSENTTask
     data = {}
@@ -179,7 +178,7 @@ def test_cosent_recipe_trains_on_scored_stsb_pairs_and_sts_reads_the_model(tmp_p
     chars = sorted({c for split in ("train", "valid") for c in (tmp_path / f"{split}.data").read_text("utf-8")
                     if not c.isspace()})
     vocab = tmp_path / "vocab.txt"
-    vocab.write_text("\n".join(SPECIALS + [c for c in chars if c not in SPECIALS]) + "\n", encoding="utf-8")
+    vocab.write_text("\n".join(SPECIALS + chars) + "\n", encoding="utf-8")
     init = tmp_path / "init"
     torch.manual_seed(0)
     Transformer(tiny_config(Tokenizer(vocab).vocab_size, initializer_range=0.3, pooler_activation="linear")
