@@ -161,6 +161,29 @@ def write_bytes(location: str, data: bytes) -> None:
         raise LocationError(f"'{location}': {_reason(exc)}") from None
 
 
+def upload_file(local: str | Path, location: str) -> None:
+    """A local file streamed to `location`: a large one goes up in parts, and the object appears
+    only when its last part is in (S3's multipart upload), so readers never see a part of it."""
+    import shutil
+    fs, path = filesystem(location)
+    try:
+        with open(local, "rb") as src, fs.open_output_stream(path) as dst:
+            shutil.copyfileobj(src, dst, 8 << 20)
+    except Exception as exc:  # noqa: BLE001 - as above
+        raise LocationError(f"'{location}': {_reason(exc)}") from None
+
+
+def delete(location: str) -> None:
+    """Delete one object; a missing one is no error."""
+    fs, path = filesystem(location)
+    try:
+        fs.delete_file(path)
+    except FileNotFoundError:
+        pass
+    except Exception as exc:  # noqa: BLE001 - as above
+        raise LocationError(f"'{location}': {_reason(exc)}") from None
+
+
 def download_dir(location: str, dest: str | Path) -> None:
     """Every file under `location` copied into the local directory `dest`."""
     import pyarrow.fs as pafs

@@ -142,7 +142,11 @@ class Predictor:
                  threads: int = 1, device: str = "cpu", column: str = "text", prefix: str = "",
                  dtype: str | None = None):
         import torch
+
+        from components.locations import is_uri, resolve_model
         torch.set_num_threads(max(1, int(threads)))
+        if is_uri(str(model_dir)):               # a bucket model: fetched once into this node's cache
+            model_dir = resolve_model(str(model_dir))
         self.kind = kind_class(kind)(str(model_dir), dict(settings or {}), device, dtype)
         self.batch_size, self.column, self.prefix = max(1, int(batch_size)), column, prefix
 

@@ -4,6 +4,11 @@
       -> Ray Data: read tasks -> map_batches(Predictor actors, one model each; pipelines/inference.py)
       -> driver: each input file's good rows with its columns and the predictions -> OUT/<name>.parquet,
          its bad rows -> OUT/_errors/<name>.jsonl, all bad rows -> OUT.errors.jsonl
+         (pipelines/predict_output.py)
+
+IN, OUT and the model may be local or in an object store (`s3://...`). A bucket model is handed to
+the actors as its URI, so each node downloads it into its own cache; a local or MLflow model is
+handed over as the driver's directory, which other nodes must then see at the same path.
 
 Everything that can be checked before Ray starts is: the model, the settings, every input file
 (format, column) and OUT (a re-run must ask for the same predictions). A file whose output exists
@@ -24,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipelines import predict_io as pio
+from pipelines import predict_output as pout
 from pipelines.inference import KINDS, Predictor, kind_class
 
 READ_CPUS = 0.25          # logical CPUs per read task: reading is light, and the actors need the rest
@@ -145,8 +151,8 @@ class PredictJob:
 
 @dataclass
 class PredictResult:
-    output: Path
-    errors_path: Path | None
+    output: Path | str                 # a directory, or the bucket URI
+    errors_path: Path | str | None
     files_done: int = 0
     files_skipped: int = 0
     rows: int = 0
@@ -164,7 +170,13 @@ class Plan:
     outputs: list[str]
     todo: list[pio.InputFile]
     done: list[pio.InputFile]
-    out_dir: Path
+    out_dir: pout.OutputDir
+
+    def actor_model(self) -> str:
+        """What the actors load: a bucket model by its URI (each node fetches it into its own
+        cache), anything else as the driver's directory."""
+        from components import objectstore
+        return self.job.model if objectstore.is_remote(self.job.model) else str(self.model_dir)
 
 
 def prepare(job: PredictJob) -> Plan:
@@ -179,13 +191,12 @@ def prepare(job: PredictJob) -> Plan:
         as_dtype(job.dtype)                      # an unknown name fails here, not in every actor
     settings = load_settings(job.kind, job.overrides)
     model_dir = _check_model(job, settings)
-    out_dir = Path(job.output).expanduser()
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ValueError(f"--output '{out_dir}' is a file; give a directory")
+    out_dir = pout.OutputDir(job.output)
     outputs = [job.prefix + c for c in kind_class(job.kind).columns]
-    files = pio.find_inputs(job.input, out_dir)
-    done = [f for f in files if (out_dir / f.name).is_file()]
-    todo = [f for f in files if not (out_dir / f.name).is_file()]
+    files = pio.find_inputs(job.input, str(out_dir))
+    finished = {f.name for f in files if pout.exists(out_dir.location(f.name))}
+    done = [f for f in files if f.name in finished]
+    todo = [f for f in files if f.name not in finished]
     for index, f in enumerate(todo):
         pio.inspect(f, job.column, outputs)
         pio.plan(f, index, job.column, outputs)
@@ -209,23 +220,23 @@ def _check_model(job: PredictJob, settings: dict) -> Path:
     return model_dir
 
 
-def _check_manifest(out_dir: Path, job: PredictJob, model_dir: Path, settings: dict) -> None:
+def _check_manifest(out_dir: pout.OutputDir, job: PredictJob, model_dir: Path, settings: dict) -> None:
     """OUT records what it holds; a re-run into it must ask for the same predictions, or the
     skipped files and the new ones would disagree."""
-    from components.io import atomic_file
     from components.weights import model_fingerprint
     manifest = {"kind": job.kind, "model": model_fingerprint(model_dir), "column": job.column,
                 "prefix": job.prefix, "settings": settings}
-    path = out_dir / MANIFEST
-    if path.is_file():
-        old = json.loads(path.read_text(encoding="utf-8"))
+    location = out_dir.location(MANIFEST)
+    text = pout.read_text(location)
+    if text is not None:
+        old = json.loads(text)
         if old != manifest:
             diff = [k for k in manifest if old.get(k) != manifest[k]]
             raise ValueError(f"'{out_dir}' holds predictions with another {', '.join(diff)}; give another --output "
                              "(a re-run skips the files already done only when it asks for the same)")
         return
-    with atomic_file(path) as tmp:
-        tmp.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    text = json.dumps(manifest, indent=2, ensure_ascii=False) + "\n"
+    pout.publish(location, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def actor_resources(job: PredictJob) -> tuple[float, int, bool]:
@@ -262,7 +273,7 @@ def build_dataset(plan: Plan):
     kwargs = {"settings": plan.settings, "batch_size": job.batch_size, "threads": threads, "prefix": job.prefix,
               "device": "cuda" if job.num_gpus_per_actor > 0 else "cpu", "dtype": job.dtype}
     return ds.map_batches(
-        Predictor, fn_constructor_args=(job.kind, str(plan.model_dir)),
+        Predictor, fn_constructor_args=(job.kind, plan.actor_model()),
         fn_constructor_kwargs=kwargs, batch_size=job.block_rows, batch_format="pyarrow",
         compute=ActorPoolStrategy(size=job.num_actors), num_cpus=cpus, num_gpus=job.num_gpus_per_actor or None)
 
@@ -295,7 +306,7 @@ class _Writer:
         outputs = self.plan.outputs if self.schema is not None else []   # none known: nothing ran
         results = pa.concat_tables(parts) if parts else (self.schema or pa.schema(
             [("_file", pa.int32()), ("_row", pa.int64()), ("_error", pa.string())])).empty_table()
-        self.errors[index] = pio.write_output(self.plan.todo[index], self.plan.out_dir, results, outputs)
+        self.errors[index] = pout.write_output(self.plan.todo[index], self.plan.out_dir, results, outputs)
 
     def finish(self) -> None:
         """Files without rows are written last (with the prediction columns when any ran)."""
@@ -330,8 +341,10 @@ def run_predict(job: PredictJob, progress: bool = True, plan: Plan | None = None
         raise
     if tracker:
         tracker.log_metrics(result.metrics)
-        if result.errors_path:
+        if isinstance(result.errors_path, Path):
             tracker.log_artifact(result.errors_path)
+        elif result.errors_path:                        # in a bucket: the run keeps a copy
+            tracker.log_text(pout.read_text(result.errors_path) or "", Path(result.errors_path).name)
         tracker.end()
         result.mlflow_run_id = tracker.run_id
     return result
@@ -351,17 +364,12 @@ def _quiet_data() -> None:
 
 def _summarise(plan: Plan, writer: _Writer, seconds: float, first: tuple[float, int]) -> PredictResult:
     """Gather every file's bad rows (the skipped files' from their earlier run) into OUT.errors.jsonl."""
-    from components.io import atomic_file
     written = {f.name: writer.errors[i] for i, f in enumerate(plan.todo)}
     errors = []
     for f in sorted(plan.todo + plan.done, key=lambda f: f.name):
-        errors += written[f.name] if f.name in written else pio.read_errors(plan.out_dir, f)
-    errors_path = Path(str(plan.out_dir).rstrip("/\\") + ".errors.jsonl")
-    if errors:
-        with atomic_file(errors_path) as tmp:
-            tmp.write_text("".join(json.dumps(e, ensure_ascii=False) + "\n" for e in errors), encoding="utf-8")
-    else:
-        errors_path.unlink(missing_ok=True)
+        errors += written[f.name] if f.name in written else pout.read_errors(plan.out_dir, f)
+    errors_location = plan.out_dir.beside(".errors.jsonl")
+    pout.write_jsonl(errors_location, errors)
     bad_now = sum(len(v) for v in writer.errors.values())
     startup, first_rows = first
     steady = seconds - startup       # after the first rows came back: the actors' start-up left out
@@ -370,8 +378,9 @@ def _summarise(plan: Plan, writer: _Writer, seconds: float, first: tuple[float, 
                "startup_seconds": startup, "rows_per_s": writer.rows / seconds if seconds > 0 else 0.0,
                "steady_rows_per_s": (writer.rows - first_rows) / steady if steady > 0 else 0.0,
                "actor_seconds": writer.actor_seconds}
-    return PredictResult(plan.out_dir, errors_path if errors else None, len(plan.todo), len(plan.done), writer.rows,
-                         len(errors), seconds, metrics)
+    out = plan.out_dir
+    return PredictResult(out.shown(str(out)), out.shown(errors_location) if errors else None, len(plan.todo),
+                         len(plan.done), writer.rows, len(errors), seconds, metrics)
 
 
 class _Progress:

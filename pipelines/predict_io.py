@@ -2,7 +2,8 @@
 
 Inputs: JSON Lines (.jsonl, .json, .ndjson), Parquet (.parquet, .pq) and CSV (.csv: UTF-8 with a
 header row, every column read as text): a file, a directory (searched recursively; names starting
-with "." or "_" are skipped) or a glob. Before Ray starts, each file is checked (readable, has the
+with "." or "_" are skipped) or a glob, on local disk or in an object store (`s3://bucket/prefix`,
+any URI components.objectstore reads; each Ray task opens its chunk there itself). Before Ray starts, each file is checked (readable, has the
 column) and cut into chunks: byte ranges that end on a row boundary for text files (one pass over
 the file, which also counts its rows), row groups for Parquet. A Ray Data task reads a chunk into
 (`_file`, `_row`, `_value` = the cell as JSON text, `_error`); every chunk has this one schema, so
@@ -11,9 +12,9 @@ Ray Data may batch rows of different files together.
 Row ids (`_row`, 1-based): the line number in JSON Lines (blank lines are skipped, not errors),
 the record number after the header in CSV, the row number in Parquet.
 
-The driver writes each file's output once all its rows are back: its own input columns (read
-again here, so Parquet types survive exactly), the good rows only, in input order, and the
-prediction columns; bad rows go to the file's errors list.
+The driver writes each file's output (pipelines/predict_output.py) once all its rows are back: its
+own input columns (`input_table`, read again, so Parquet types survive exactly), the good rows only,
+in input order, and the prediction columns; bad rows go to the file's errors list.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
+
+from components import objectstore
 
 FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet",
            ".csv": "csv"}
@@ -46,9 +49,16 @@ class InputFile:
     header: list[str] = field(default_factory=list)     # CSV column names
 
 
-def find_inputs(spec: str, out_dir: Path) -> list[InputFile]:
-    """The input files named by `spec` (file, directory or glob), sorted, with their output names;
-    files under `out_dir` are never inputs."""
+def find_inputs(spec: str, out_dir: str | Path) -> list[InputFile]:
+    """The input files named by `spec` (file, directory or glob; a local path or an object-store
+    URI), sorted, with their output names; files under `out_dir` (a path or a URI) are never inputs."""
+    if objectstore.is_remote(spec):
+        base, found = _find_remote(spec)
+        out = str(out_dir).rstrip("/") + "/"
+        found = [u for u in found if not u.startswith(out)]
+        rel = [Path(u[len(base):].lstrip("/")) for u in found]
+        return _named(spec, [(u, r) for u, r in zip(found, rel)
+                             if r.suffix.lower() in FORMATS and not any(p.startswith((".", "_")) for p in r.parts)])
     path = Path(spec).expanduser()
     if glob.has_magic(spec):
         prefix = spec[:re.search(r"[*?[]", spec).start()]           # the directory before the pattern
@@ -65,16 +75,58 @@ def find_inputs(spec: str, out_dir: Path) -> list[InputFile]:
         _format(path)
     else:
         raise FileNotFoundError(f"input '{spec}' does not exist")
-    out = out_dir.resolve()
+    out = Path(out_dir).expanduser().resolve() if not objectstore.is_remote(str(out_dir)) else None
     found = sorted(p for p in found if p.suffix.lower() in FORMATS and out not in p.resolve().parents)
+    base = base.resolve()
+    return _named(spec, [(str(p.resolve()), p.resolve().relative_to(base) if p.resolve().is_relative_to(base)
+                          else Path(p.name)) for p in found])
+
+
+def _find_remote(spec: str) -> tuple[str, list[str]]:
+    """(the prefix output names are relative to, the URIs) of a bucket object, prefix or glob."""
+    try:
+        found = objectstore.list_files(spec)
+    except objectstore.LocationError as exc:
+        message = str(exc).replace("data '", "input '", 1)
+        raise (FileNotFoundError if "matches no file" in message else ValueError)(message) from None
+    if found == [spec]:                                          # one object
+        _format(Path(spec))
+        return spec.rsplit("/", 1)[0], found
+    if glob.has_magic(spec):
+        return spec[:re.search(r"[*?[]", spec).start()].rsplit("/", 1)[0], found
+    return spec.rstrip("/"), found
+
+
+def _named(spec: str, found: list[tuple[str, Path]]) -> list[InputFile]:
+    """InputFiles with output names: the path relative to the input's base with .parquet for its
+    suffix (the whole name plus .parquet where two inputs would share one)."""
     if not found:
         raise ValueError(f"no JSON Lines, Parquet or CSV files in '{spec}'")
-    rel = [p.resolve().relative_to(base.resolve()) if p.resolve().is_relative_to(base.resolve()) else Path(p.name)
-           for p in found]
-    names = [str(r.with_suffix(".parquet")) for r in rel]
+    found = sorted(found)
+    names = [str(r.with_suffix(".parquet")) for _, r in found]
     clashes = {n for n in names if names.count(n) > 1}
-    names = [str(r) + ".parquet" if n in clashes else n for r, n in zip(rel, names)]
-    return [InputFile(str(p.resolve()), _format(p), n) for p, n in zip(found, names)]
+    names = [str(r) + ".parquet" if n in clashes else n for (_, r), n in zip(found, names)]
+    return [InputFile(p, _format(Path(p)), n) for (p, _), n in zip(found, names)]
+
+
+def open_input(path: str):
+    """A seekable binary file over a local path or an object-store URI (buffered: rows are read a
+    line at a time)."""
+    if not objectstore.is_remote(path):
+        return open(path, "rb")
+    fs, inner = objectstore.filesystem(path)
+    try:
+        return io.BufferedReader(fs.open_input_file(inner), buffer_size=1 << 20)
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises OSError and its own types
+        raise ValueError(f"cannot read '{path}' ({exc})") from None
+
+
+def parquet_file(path: str):
+    import pyarrow.parquet as pq
+    if not objectstore.is_remote(path):
+        return pq.ParquetFile(path)
+    fs, inner = objectstore.filesystem(path)
+    return pq.ParquetFile(fs.open_input_file(inner))
 
 
 def _format(path: Path) -> str:
@@ -88,9 +140,8 @@ def _format(path: Path) -> str:
 def inspect(f: InputFile, column: str, outputs: list[str]) -> None:
     """Refuse a file that cannot be read as its format or lacks the column (one line, exit 2)."""
     if f.fmt == "parquet":
-        import pyarrow.parquet as pq
         try:
-            names = pq.read_schema(f.path).names
+            names = parquet_file(f.path).schema_arrow.names
         except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for a broken file
             raise ValueError(f"{f.path}: unreadable Parquet file ({exc})") from None
     elif f.fmt == "csv":
@@ -110,7 +161,7 @@ def inspect(f: InputFile, column: str, outputs: list[str]) -> None:
 
 
 def _first_record(path: str) -> dict | None:
-    with open(path, "rb") as fh:
+    with open_input(path) as fh:
         for line in fh:
             if line.strip():
                 try:
@@ -125,7 +176,7 @@ def _first_record(path: str) -> dict | None:
 
 def _csv_header(path: str) -> list[str]:
     try:
-        with open(path, encoding="utf-8", newline="") as fh:
+        with io.TextIOWrapper(open_input(path), encoding="utf-8", newline="") as fh:
             header = next(csv.reader(fh), None)
     except UnicodeDecodeError:
         raise ValueError(f"{path}: not a UTF-8 CSV file") from None
@@ -141,8 +192,7 @@ def plan(f: InputFile, index: int, column: str, reserved: list[str], chunk_bytes
     common = {"file": index, "path": f.path, "fmt": f.fmt, "column": column, "reserved": reserved,
               "header": f.header}
     if f.fmt == "parquet":
-        import pyarrow.parquet as pq
-        meta = pq.ParquetFile(f.path).metadata
+        meta = parquet_file(f.path).metadata
         first = 1
         for g in range(meta.num_row_groups):
             n = meta.row_group(g).num_rows
@@ -159,7 +209,7 @@ def plan(f: InputFile, index: int, column: str, reserved: list[str], chunk_bytes
 def _text_chunks(path: str, is_csv: bool, chunk_bytes: int) -> Iterator[tuple[int, int, int, int]]:
     """(start, end, first id, rows) byte ranges of about chunk_bytes that end on a row boundary. A
     CSV newline inside quotes is not a boundary: an odd count of quotes so far means inside."""
-    with open(path, "rb") as fh:
+    with open_input(path) as fh:
         offset, quoted, number, rows = 0, 0, 0, 0
         if is_csv:                                               # skip the header record
             for line in fh:
@@ -193,13 +243,12 @@ def chunk_rows(chunk: dict) -> Iterator[tuple[int, dict | None, str | None]]:
     """(row id, record or None, error or None) for every row of a chunk, in order (of a Parquet
     chunk only the predicted column is read)."""
     if chunk["fmt"] == "parquet":
-        import pyarrow.parquet as pq
         column = chunk["column"]
-        table = pq.ParquetFile(chunk["path"]).read_row_groups(range(chunk["start"], chunk["end"]), columns=[column])
+        table = parquet_file(chunk["path"]).read_row_groups(range(chunk["start"], chunk["end"]), columns=[column])
         for k, value in enumerate(table[column].to_pylist()):
             yield chunk["first"] + k, {column: value}, None
         return
-    with open(chunk["path"], "rb") as fh:
+    with open_input(chunk["path"]) as fh:
         fh.seek(chunk["start"])
         data = fh.read(chunk["end"] - chunk["start"])
     yield from (_csv_rows(data, chunk) if chunk["fmt"] == "csv" else _jsonl_rows(data, chunk["first"]))
@@ -271,12 +320,11 @@ def cell_json(value) -> tuple[str | None, str | None]:
         return None, f"not a string: {type(value).__name__}"
 
 
-# --- writing (driver) ------------------------------------------------------------------------
+# --- the input's own columns (driver, when its output is written) ------------------------
 def input_table(f: InputFile) -> pa.Table:
     """Every row of the file with its own columns (a row that could not be read: all null)."""
     if f.fmt == "parquet":
-        import pyarrow.parquet as pq
-        return pq.read_table(f.path)
+        return parquet_file(f.path).read()
     records = [record for chunk in f.chunks for _, record, _ in chunk_rows({**chunk, "column": None})]
     if f.fmt == "csv":
         return pa.table({h: pa.array([r[h] if r else None for r in records], pa.string()) for h in f.header})
@@ -323,43 +371,3 @@ def _json_columns(table: pa.Table, names: set[str]) -> pa.Table:
     for name in names & set(table.column_names):
         table = table.set_column(table.column_names.index(name), name, _as_json(table[name].to_pylist()))
     return table
-
-
-def write_output(f: InputFile, out_dir: Path, results: pa.Table, outputs: list[str]) -> list[dict]:
-    """Write OUT/<name>: the good rows with the file's columns and `outputs`, in input order; the
-    bad rows' {file, row, reason} go to OUT/_errors/<name>.jsonl and are returned. Both atomic,
-    errors first: an existing Parquet file means the file is done."""
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
-    from components.io import atomic_file
-    inputs = input_table(f)
-    results = results.sort_by("_row")
-    if results.num_rows != inputs.num_rows:
-        raise RuntimeError(f"{f.path}: {results.num_rows} predictions for {inputs.num_rows} rows")
-    keep = pc.is_null(results["_error"])
-    table = inputs.drop_columns([c for c in outputs if c in inputs.column_names]).filter(keep)
-    for name in outputs:
-        table = table.append_column(name, results[name].filter(keep))
-    bad = [{"file": f.path, "row": r, "reason": e}
-           for r, e in zip(results["_row"].to_pylist(), results["_error"].to_pylist()) if e is not None]
-    errors_path = errors_file(out_dir, f)
-    if bad:
-        with atomic_file(errors_path) as tmp:
-            tmp.write_text("".join(json.dumps(b, ensure_ascii=False) + "\n" for b in bad), encoding="utf-8")
-    else:
-        errors_path.unlink(missing_ok=True)
-    with atomic_file(out_dir / f.name) as tmp:
-        pq.write_table(table, tmp)
-    return bad
-
-
-def errors_file(out_dir: Path, f: InputFile) -> Path:
-    return out_dir / "_errors" / (f.name.removesuffix(".parquet") + ".jsonl")
-
-
-def read_errors(out_dir: Path, f: InputFile) -> list[dict]:
-    path = errors_file(out_dir, f)
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]

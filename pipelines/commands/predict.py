@@ -29,14 +29,18 @@ OUT.errors.jsonl as {"file", "row", "reason"} (row = line number in JSON Lines, 
 CSV, row number in Parquet, from 1).
 
 Restartable: a re-run with the same OUT skips the input files whose output already exists and
-predicts only the rest (each output file appears whole, by rename, once it is complete). OUT
-records the kind, model and settings; a re-run that asks for other ones is refused.
+predicts only the rest (each output file appears whole, by a rename or one upload, once it is
+complete). OUT records the kind, model and settings; a re-run that asks for other ones is refused.
 
 Exit code: 0 all rows predicted; 3 finished with bad rows (the last line says how many); 2 an
 input error found before the job started (no such input, unreadable file, missing column, a model
 location without config.json, an unknown setting).
 
-On a Ray cluster (RAY_ADDRESS) IN and a model directory must be at the same path on every node.
+IN, OUT and --model may be object-store URIs (s3://bucket/prefix, gs://, abfs://; credentials and
+endpoint from the standard environment, e.g. AWS_ACCESS_KEY_ID, AWS_ENDPOINT_URL): each read task
+opens its part of IN in the bucket, each actor fetches a bucket model into its node's cache, and
+every output object is uploaded whole. On a Ray cluster (RAY_ADDRESS) a local IN or model
+directory must be at the same path on every node.
 
 MLflow: a run with the counts and timings is logged when MLFLOW_TRACKING_URI is set or with
 --mlflow (then to sqlite:///WORKDIR/mlflow.db unless MLFLOW_TRACKING_URI is set).
@@ -55,8 +59,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("kind", choices=list(KIND_HELP), metavar="KIND", help=", ".join(KIND_HELP))
     parser.add_argument("--model", required=True, help="model directory or MLflow URI (models:/name/1, runs:/id/model)")
     parser.add_argument("--input", required=True, metavar="IN",
-                        help="a .jsonl / .parquet / .csv file, a directory of them (recursive) or a glob")
-    parser.add_argument("--output", required=True, metavar="OUT", help="output directory (see below)")
+                        help="a .jsonl / .parquet / .csv file, a directory of them (recursive) or a glob; "
+                             "local or a bucket URI")
+    parser.add_argument("--output", required=True, metavar="OUT", help="output directory or bucket prefix (see below)")
     parser.add_argument("--column", default="text", help="input column to predict on (default: text)")
     parser.add_argument("--prefix", default="", help="prefix of the output column names (when the input has "
                                                      "columns of the same names)")
