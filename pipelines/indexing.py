@@ -82,9 +82,10 @@ def read_corpus(path: str | Path) -> list[dict]:
 def build_index(model_dir: str | Path, corpus: str | Path | list[dict], out_dir: str | Path, kind: str = "auto",
                 hnsw_threshold: int = 50_000, actors: int = 1, batch_size: int = 256,
                 max_length: int = 64, ef_search: int = 256, nprobe: int = 16,
-                num_gpus_per_actor: float = 0.0) -> VectorIndex:
+                num_gpus_per_actor: float = 0.0, actor_model: str | None = None) -> VectorIndex:
     """`num_gpus_per_actor` > 0: each embedding actor asks Ray for that many GPUs and runs its model
-    on the GPU Ray gives it."""
+    on the GPU Ray gives it. `actor_model`: what the actors load when not `model_dir` itself (a
+    bucket URI, see pipelines.model_store.for_actors)."""
     import ray
     from ray.data import ActorPoolStrategy
 
@@ -94,7 +95,7 @@ def build_index(model_dir: str | Path, corpus: str | Path | list[dict], out_dir:
     rows = corpus if isinstance(corpus, list) else read_corpus(corpus)     # rows: read once by the caller
     # The embed actor of `bert4ray predict`; texts past max_length are cut, as SimBERT.encode does.
     ds = ray.data.from_items(rows).map_batches(
-        Predictor, fn_constructor_args=("embed", str(model_dir)),
+        Predictor, fn_constructor_args=("embed", actor_model or str(model_dir)),
         fn_constructor_kwargs={"settings": {"max_length": max_length, "truncate": True}, "batch_size": 64,
                                "device": "cuda" if num_gpus_per_actor > 0 else "cpu"},
         batch_size=batch_size, batch_format="pyarrow",

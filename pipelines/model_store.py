@@ -68,3 +68,12 @@ def resolve_model(reference: str | Path, cache_dir: str | Path | None = None,
         return locations.resolve_model(reference, cache_dir=cache_dir)
     finally:
         _STORE.reset(token)
+
+
+def for_actors(reference: str | Path, model_dir: Path) -> str:
+    """What Ray actors on any node should load for `reference`, resolved here to `model_dir`: a
+    bucket model by its URI (each node fetches it once into its own cache), anything else as this
+    directory (MLflow's store may be a file only this machine sees), which other nodes must then
+    see at the same path."""
+    from components import objectstore
+    return str(reference) if objectstore.is_remote(str(reference)) else str(model_dir)

@@ -172,11 +172,6 @@ class Plan:
     done: list[pio.InputFile]
     out_dir: pout.OutputDir
 
-    def actor_model(self) -> str:
-        """What the actors load: a bucket model by its URI (each node fetches it into its own
-        cache), anything else as the driver's directory."""
-        from components import objectstore
-        return self.job.model if objectstore.is_remote(self.job.model) else str(self.model_dir)
 
 
 def prepare(job: PredictJob) -> Plan:
@@ -261,6 +256,8 @@ def actor_resources(job: PredictJob) -> tuple[float, int, bool]:
 def build_dataset(plan: Plan):
     import ray
     from ray.data import ActorPoolStrategy
+
+    from pipelines.model_store import for_actors
     job = plan.job
     chunks = [{"chunk": json.dumps(c)} for f in plan.todo for c in f.chunks]
     cpus, threads, repartition = actor_resources(job)
@@ -273,7 +270,7 @@ def build_dataset(plan: Plan):
     kwargs = {"settings": plan.settings, "batch_size": job.batch_size, "threads": threads, "prefix": job.prefix,
               "device": "cuda" if job.num_gpus_per_actor > 0 else "cpu", "dtype": job.dtype}
     return ds.map_batches(
-        Predictor, fn_constructor_args=(job.kind, plan.actor_model()),
+        Predictor, fn_constructor_args=(job.kind, for_actors(job.model, plan.model_dir)),
         fn_constructor_kwargs=kwargs, batch_size=job.block_rows, batch_format="pyarrow",
         compute=ActorPoolStrategy(size=job.num_actors), num_cpus=cpus, num_gpus=job.num_gpus_per_actor or None)
 

@@ -29,7 +29,7 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from pipelines.indexing import build_index, read_corpus
-    from pipelines.model_store import resolve_model
+    from pipelines.model_store import for_actors, resolve_model
     from pipelines.train import init_ray
 
     if args.num_gpus_per_actor < 0:
@@ -40,7 +40,8 @@ def run(args) -> int:
     t0 = time.perf_counter()
     index = build_index(model_dir, rows, args.out, kind=args.kind, hnsw_threshold=args.hnsw_threshold,
                         actors=args.actors, max_length=args.max_length, ef_search=args.ef_search,
-                        nprobe=args.nprobe, num_gpus_per_actor=args.num_gpus_per_actor)
+                        nprobe=args.nprobe, num_gpus_per_actor=args.num_gpus_per_actor,
+                        actor_model=for_actors(args.model, model_dir))
     print(f"indexed {len(index)} texts ({index.resolved_kind}, dim {index.dim}) in "
           f"{time.perf_counter() - t0:.1f} s -> {args.out}")
     return 0

@@ -85,6 +85,25 @@ def test_bad_bucket_inputs_are_one_line_errors(s3):
         pio.find_inputs("s3://no-such-bucket-p/in", "o")
 
 
+def test_an_actor_given_a_bucket_model_fetches_it_into_its_own_cache(s3, tiny_model_dir, tmp_path, monkeypatch):
+    """What an actor on another node does: the driver hands it the URI, not its own cache path."""
+    from components import objectstore
+    from components.simbert import SimBERT
+    from components.weights import model_fingerprint
+    from pipelines.inference import Predictor
+    from pipelines.model_store import for_actors
+    local = tiny_model_dir()
+    uri = f"s3://{BUCKET}/models/actor"
+    objectstore.upload_dir(local, uri, fingerprint=model_fingerprint(local))
+    assert for_actors(uri, tmp_path / "driver-cache") == uri
+    assert for_actors(str(local), local) == str(local)
+    monkeypatch.setenv("BERT4RAY_MODEL_CACHE", str(tmp_path / "node-cache"))
+    out = Predictor("embed", uri)(pa.table({"text": TEXTS[:2]}))
+    assert len(list((tmp_path / "node-cache").iterdir())) == 1
+    want = SimBERT.from_pretrained(local).encode(TEXTS[:2])
+    assert np.abs(np.asarray(out["embedding"].to_pylist()) - want).max() <= 1e-5
+
+
 @pytest.mark.slow
 def test_command_with_input_output_and_model_in_the_bucket(s3, tiny_model_dir, tmp_path):
     """As users type it: the model, IN and OUT are s3:// URIs; bad rows go to the bucket's
