@@ -84,6 +84,14 @@ def test_train_resume_load_and_serve_from_the_bucket(tmp_path):
         db = tmp_path / "mlflow.db"
         db.write_bytes(s3.client().get_object(Bucket=BUCKET, Key="work/mlflow.db")["Body"].read())
         assert loss_steps(db) == [4, 8, 12, 16]
+        # The registered model's files are the bucket's objects: its source is a bucket URI.
+        from mlflow import MlflowClient
+        client = MlflowClient(f"sqlite:///{db}")
+        (version,) = client.search_model_versions("name='simbert-s3'")
+        model_id = version.model_id or version.source.removeprefix("models:/")
+        location = client.get_logged_model(model_id).artifact_location
+        assert location.startswith(f"s3://{BUCKET}/work/mlartifacts/"), location
+        assert f"{location.removeprefix(f's3://{BUCKET}/')}/MLmodel" in keys, (location, keys)
         assert "secret" not in (tmp_path / "train-2.log").read_text().lower().replace("aws_secret", "")
 
         with environ(s3.env()), pytest.MonkeyPatch.context() as mp:
