@@ -116,8 +116,8 @@ def _walk(fs, root: str, location: str) -> list:
 
 def list_files(location: str, suffixes: tuple[str, ...] = ()) -> list[str]:
     """URIs of the files a location names: one object, every file under a "directory" prefix, or
-    the files matching a glob (`*`, `?`, `[...]` in the last parts), sorted; only names ending in
-    one of `suffixes` when given. LocationError when nothing matches."""
+    the files matching a glob (`*`, `?`, `[...]` within a part, `**` for any depth), sorted; only
+    names ending in one of `suffixes` when given. LocationError when nothing matches."""
     import pyarrow.fs as pafs
     check_location(location)
     fs, path = filesystem(location)
@@ -129,8 +129,7 @@ def list_files(location: str, suffixes: tuple[str, ...] = ()) -> list[str]:
     else:
         parts = path.split("/")
         fixed = next(i for i, p in enumerate(parts) if any(c in p for c in "*?["))
-        files = [i for i in _walk(fs, "/".join(parts[:fixed]), location)   # `*` stays within one part
-                 if i.path.count("/") == path.count("/") and fnmatch.fnmatchcase(i.path, path)]
+        files = [i for i in _walk(fs, "/".join(parts[:fixed]), location) if _glob_match(i.path.split("/"), parts)]
     names = sorted(_uri(location, i.path) for i in files
                    if not posixpath.basename(i.path).startswith(("_", ".")))
     if suffixes:
@@ -138,6 +137,16 @@ def list_files(location: str, suffixes: tuple[str, ...] = ()) -> list[str]:
     if not names:
         raise LocationError(f"data '{location}' matches no file" + (f" ({', '.join(suffixes)})" if suffixes else ""))
     return names
+
+
+def _glob_match(parts: list[str], pattern: list[str]) -> bool:
+    """Path parts against pattern parts as Python's recursive glob: `*`, `?` and `[...]` match
+    within one part, a `**` part matches any number of parts (none too)."""
+    if not pattern:
+        return not parts
+    if pattern[0] == "**":
+        return any(_glob_match(parts[i:], pattern[1:]) for i in range(len(parts) + 1))
+    return bool(parts) and fnmatch.fnmatchcase(parts[0], pattern[0]) and _glob_match(parts[1:], pattern[1:])
 
 
 def read_bytes(location: str) -> bytes:

@@ -29,6 +29,9 @@ def test_list_files_reads_objects_prefixes_and_globs(s3):
     assert objectstore.list_files(f"{root}/a.jsonl") == [f"{root}/a.jsonl"]
     assert objectstore.list_files(root, (".jsonl",)) == [f"{root}/a.jsonl", f"{root}/sub/b.jsonl"]
     assert objectstore.list_files(f"{root}/*.jsonl") == [f"{root}/a.jsonl"]
+    assert objectstore.list_files(f"{root}/*/*.jsonl") == [f"{root}/sub/b.jsonl"]
+    assert objectstore.list_files(f"{root}/**/*.jsonl") == [f"{root}/a.jsonl", f"{root}/sub/b.jsonl"]  # as glob's
+    assert objectstore.list_files(f"s3://{BUCKET}/**/b.jsonl") == [f"{root}/sub/b.jsonl"]
     with pytest.raises(objectstore.LocationError, match="matches no file"):
         objectstore.list_files(f"{root}/*.parquet")
 
