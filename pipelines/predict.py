@@ -173,7 +173,6 @@ class Plan:
     out_dir: pout.OutputDir
 
 
-
 def prepare(job: PredictJob) -> Plan:
     """Every check that needs no Ray: a ValueError / FileNotFoundError names the problem."""
     if job.kind not in KINDS:

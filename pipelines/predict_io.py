@@ -3,9 +3,10 @@
 Inputs: JSON Lines (.jsonl, .json, .ndjson), Parquet (.parquet, .pq) and CSV (.csv: UTF-8 with a
 header row, every column read as text): a file, a directory (searched recursively; names starting
 with "." or "_" are skipped) or a glob, on local disk or in an object store (`s3://bucket/prefix`,
-any URI components.objectstore reads; each Ray task opens its chunk there itself). Before Ray starts, each file is checked (readable, has the
-column) and cut into chunks: byte ranges that end on a row boundary for text files (one pass over
-the file, which also counts its rows), row groups for Parquet. A Ray Data task reads a chunk into
+any URI components.objectstore reads; each Ray task opens its chunk there itself). Before Ray
+starts, each file is checked (readable, has the column) and cut into chunks: byte ranges that end
+on a row boundary for text files (one pass over the file, which also counts its rows), row groups
+for Parquet. A Ray Data task reads a chunk into
 (`_file`, `_row`, `_value` = the cell as JSON text, `_error`); every chunk has this one schema, so
 Ray Data may batch rows of different files together.
 
