@@ -48,6 +48,7 @@ def run_recipe(name: str, overrides: list[str]):
     return run_probe(load_probe_recipe(RECIPES / name, overrides), progress=False)
 
 
+@pytest.mark.slow
 def test_sighan_recipe_scores_method_and_baselines(ray_session, tiny_mlm, tmp_path):
     raw, gold = shared("sighan2005", "pku_test.utf8"), shared("sighan2005", "pku_test_gold.utf8")
     words = shared("sighan2005", "pku_training_words.utf8")
@@ -153,6 +154,7 @@ def test_sts_command_and_stsb_groups(tiny_model_dir, tmp_path, capsys):
     assert np.mean([len(g) for g in got]) < 3
 
 
+@pytest.mark.slow
 def test_cosent_recipe_trains_on_scored_stsb_pairs_and_sts_reads_the_model(tmp_path, capsys):
     """`bert4ray data pairs --scores` then `bert4ray train pipelines/recipes/cosent-stsb.yaml` as a
     user types them (a subprocess, default Ray settings), on 640 train and 200 validation pairs, from

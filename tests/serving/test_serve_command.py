@@ -139,7 +139,7 @@ def quickstart_layout(tmp_path, simbert_dir, index_dir):
     return tmp_path
 
 
-@pytest.mark.parametrize("command", ["bert4ray serve", "serve run"])
+@pytest.mark.parametrize("command", ["bert4ray serve", pytest.param("serve run", marks=pytest.mark.slow)])
 def test_the_shipped_config_becomes_ready(quickstart_layout, command):
     """The shipped config as is (port 8000, automatic CPU shares), by both commands."""
     program, sub = command.split()
