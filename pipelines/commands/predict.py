@@ -57,11 +57,13 @@ def add_arguments(parser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = "kinds:\n" + "".join(f"  {k:<10} {v}\n" for k, v in KIND_HELP.items()) + "\n" + EPILOG
     parser.add_argument("kind", choices=list(KIND_HELP), metavar="KIND", help=", ".join(KIND_HELP))
-    parser.add_argument("--model", required=True, help="model directory or MLflow URI (models:/name/1, runs:/id/model)")
+    parser.add_argument("--model", required=True,
+                        help="model directory, bucket URI or MLflow URI (models:/name/1, runs:/id/model)")
     parser.add_argument("--input", required=True, metavar="IN",
                         help="a .jsonl / .parquet / .csv file, a directory of them (recursive) or a glob; "
                              "local or a bucket URI")
-    parser.add_argument("--output", required=True, metavar="OUT", help="output directory or bucket prefix (see below)")
+    parser.add_argument("--output", required=True, metavar="OUT",
+                        help="output directory or bucket prefix (see below)")
     parser.add_argument("--column", default="text", help="input column to predict on (default: text)")
     parser.add_argument("--prefix", default="", help="prefix of the output column names (when the input has "
                                                      "columns of the same names)")
