@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
@@ -54,3 +55,12 @@ def atomic_file(target: str | Path):
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def write_jsonl(target: str | Path, rows) -> Path:
+    """Rows (JSON-serialisable objects) as UTF-8 JSON Lines at `target`, replaced atomically."""
+    target = Path(target)
+    with atomic_file(target) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return target

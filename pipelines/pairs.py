@@ -14,11 +14,12 @@ Uses:
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import numpy as np
+
+from components.io import write_jsonl
 
 
 def _pair_lines(path: str | Path, what: str):
@@ -108,29 +109,18 @@ def pairs_to_groups(pairs: list[tuple[str, str, int]]) -> list[list[str]]:
     return list(groups.values())
 
 
-def _write_jsonl(rows: list[dict], out: str | Path) -> Path:
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        for row in rows:
-            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-    tmp.replace(out)
-    return out
-
-
 def write_groups(pair_file: str | Path, out: str | Path, min_score: float | None = None) -> tuple[Path, int]:
     """Convert a pair file into `{"texts": [...]}` JSON Lines (atomically); returns (path, groups).
     `min_score`: graded pairs (STS-B), positive from that score on (see read_pairs)."""
     groups = pairs_to_groups(read_pairs(pair_file, min_score))
-    return _write_jsonl([{"texts": g} for g in groups], out), len(groups)
+    return write_jsonl(out, [{"texts": g} for g in groups]), len(groups)
 
 
 def write_scored_pairs(pair_file: str | Path, out: str | Path) -> tuple[Path, int]:
     """Convert a graded pair file into `{"text_a", "text_b", "score"}` JSON Lines for the `cosent`
     task (atomically); returns (path, pairs)."""
     rows = read_scored_pairs(pair_file)
-    return _write_jsonl([{"text_a": a, "text_b": b, "score": score} for a, b, score in rows], out), len(rows)
+    return write_jsonl(out, [{"text_a": a, "text_b": b, "score": score} for a, b, score in rows]), len(rows)
 
 
 def pairs_from_groups(groups: list[list[str]], seed: int = 0) -> list[tuple[str, str, int]]:
