@@ -216,7 +216,7 @@ def upload_dir(local: str | Path, location: str, fingerprint: str = "", skip: tu
     with contextlib.suppress(OSError):                       # re-publishing: incomplete until done
         fs.delete_file(posixpath.join(root, MARKER))
     for p in files:
-        write_bytes(join(location, p.relative_to(local).as_posix()), p.read_bytes())
+        upload_file(p, join(location, p.relative_to(local).as_posix()))
     write_bytes(join(location, MARKER), fingerprint.encode())
 
 

@@ -175,6 +175,7 @@ class Plan:
 
 def prepare(job: PredictJob) -> Plan:
     """Every check that needs no Ray: a ValueError / FileNotFoundError names the problem."""
+    from pipelines.data import location_exists
     if job.kind not in KINDS:
         raise ValueError(f"unknown kind '{job.kind}'; kinds: {', '.join(KINDS)}")
     for name in ("batch_size", "block_rows", "num_actors"):
@@ -188,7 +189,7 @@ def prepare(job: PredictJob) -> Plan:
     out_dir = pout.OutputDir(job.output)
     outputs = [job.prefix + c for c in kind_class(job.kind).columns]
     files = pio.find_inputs(job.input, str(out_dir))
-    finished = {f.name for f in files if pout.exists(out_dir.location(f.name))}
+    finished = {f.name for f in files if location_exists(out_dir.location(f.name))}
     done = [f for f in files if f.name in finished]
     todo = [f for f in files if f.name not in finished]
     for index, f in enumerate(todo):

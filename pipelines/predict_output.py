@@ -21,6 +21,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from components import objectstore
+from pipelines.data import read_location
 from pipelines.predict_io import InputFile, input_table
 
 
@@ -49,16 +50,12 @@ class OutputDir:
         return location if self.remote else Path(location)
 
 
-def exists(location: str) -> bool:
-    return objectstore.exists(location) if objectstore.is_remote(location) else Path(location).is_file()
-
-
 def read_text(location: str) -> str | None:
-    if not exists(location):
+    """The file's text, or None when there is none (one read, no separate existence check)."""
+    try:
+        return read_location(location).decode("utf-8")
+    except FileNotFoundError:
         return None
-    if objectstore.is_remote(location):
-        return objectstore.read_bytes(location).decode("utf-8")
-    return Path(location).read_text(encoding="utf-8")
 
 
 def publish(location: str, fill: Callable[[Path], None]) -> None:
