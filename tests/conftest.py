@@ -51,6 +51,17 @@ def tiny_config(vocab_size: int, **overrides) -> ModelConfig:
     return ModelConfig(**kw)
 
 
+@pytest.fixture(autouse=True)
+def mlflow_store_stays_in_its_test():
+    """mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI: a test that reads its own store with it
+    would otherwise send every later run in this process (a tune search's trials) to that store."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    if os.environ.get("MLFLOW_TRACKING_URI") != before:
+        import mlflow
+        mlflow.set_tracking_uri(before)         # None unsets the variable again
+
+
 @pytest.fixture(scope="session")
 def vocab_file(tmp_path_factory) -> Path:
     return make_vocab(tmp_path_factory.mktemp("vocab") / "vocab.txt")

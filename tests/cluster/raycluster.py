@@ -31,11 +31,13 @@ PORT_FLAGS = ("port", "dashboard-port", "ray-client-server-port", "node-manager-
 
 
 def free_ports(n: int) -> list[int]:
+    """Ports free on every address: Ray's agents bind some of theirs on the machine's address, where
+    a port free on loopback alone may be taken."""
     socks = []
     try:
         for _ in range(n):
             s = socket.socket()
-            s.bind(("127.0.0.1", 0))
+            s.bind(("", 0))
             socks.append(s)
         return [s.getsockname()[1] for s in socks]
     finally:
@@ -197,11 +199,21 @@ class RayNode(RayHead):
                         "--disable-usage-stats", *(f"--{k}={v}" for k, v in ports.items()),
                         *([f"--resources={json.dumps(resources)}"] if resources else [])]
         self.node_id: str | None = None
+        self._earlier: set[str] = set()
+
+    def start(self) -> RayNode:
+        # A node killed just before still counts as alive until the head misses its heartbeats:
+        # only a node id that was not there before this start is this node.
+        self._earlier = {n.node_id for n in self._alive_nodes()}
+        return super().start()
+
+    def _alive_nodes(self) -> list:
+        from ray.util.state import list_nodes
+        return list_nodes(address=self.head.address, filters=[("state", "=", "ALIVE")], detail=True, timeout=10)
 
     def _ready(self, client_class) -> None:
-        from ray.util.state import list_nodes
-        nodes = list_nodes(address=self.head.address, filters=[("state", "=", "ALIVE")], detail=True, timeout=10)
-        mine = [n for n in nodes if not n.is_head_node and n.resources_total.get(next(iter(self.resources)), 0)]
+        mine = [n for n in self._alive_nodes() if not n.is_head_node and n.node_id not in self._earlier
+                and n.resources_total.get(next(iter(self.resources)), 0)]
         if not mine:
             raise RuntimeError("the node has not joined yet")
         self.node_id = mine[0].node_id
@@ -220,4 +232,5 @@ class RayNode(RayHead):
                 os.kill(pid, signal.SIGKILL)
         if self.proc:
             self.proc.wait(timeout=10)
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
         return pids

@@ -142,7 +142,9 @@ def test_one_worker_per_node_succeeds(cluster):
 
 def test_second_node_killed_after_a_checkpoint_resumes_from_the_bucket(cluster):
     head, s3 = cluster["head"], cluster["s3"]
-    total, every = 36, 12
+    # Steps take a fraction of a second here and the bucket's checkpoint record trails the logged
+    # steps by a second or two: enough steps after the first checkpoint that the kill lands mid-run.
+    total, every = 72, 12
     recipe = write_recipe(cluster, "two-nodes-kill", total=total, every=every)
     log = cluster["root"] / "kill.log"
     start = time.monotonic()
@@ -174,7 +176,11 @@ def test_second_node_killed_after_a_checkpoint_resumes_from_the_bucket(cluster):
     steps = logged_steps(db)
     redone = [s for i, s in enumerate(steps) if s in steps[:i]]
     assert max(steps) == total and sorted(set(steps)) == list(range(1, total + 1))
-    assert redone and min(redone) == restore_from + 1, (restore_from, redone)
+    # Resumed from a checkpoint in the bucket, never from the start: the one seen before the kill,
+    # or a later one the workers (ahead of the logged steps) had completed before it landed.
+    resumed_from = min(redone) - 1 if redone else None
+    assert resumed_from is not None and resumed_from % every == 0, (restore_from, redone)
+    assert resumed_from >= restore_from, (restore_from, killed_at, redone)
     print(f"\n[two nodes] killed node b ({len(killed)} processes) at step {killed_at}; resumed from the "
-          f"step-{restore_from} checkpoint in the bucket; {len(redone)} steps redone; finished "
+          f"step-{resumed_from} checkpoint in the bucket; {len(redone)} steps redone; finished "
           f"{max(steps)}/{total} in {time.monotonic() - start:.0f} s")
