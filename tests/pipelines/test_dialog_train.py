@@ -26,6 +26,7 @@ pytestmark = [pytest.mark.timeout(900),
 RECIPE = Path(__file__).resolve().parents[2] / "pipelines" / "recipes" / "dialog-tiny.yaml"
 
 
+@pytest.mark.slow             # 45-55 s of Ray Train: in the slow set, to keep the default suite under 15 min
 def test_dialog_trains_on_taobao_and_reports(ray_session, tmp_path, tiny_model_dir):
     import mlflow
 

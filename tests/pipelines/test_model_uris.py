@@ -132,14 +132,19 @@ def simbert_recipe(tmp_path: Path, name: str, init_from: str, steps: int):
         "tracking": {"experiment": "uris", "registered_model": None}})
 
 
-def test_init_from_a_relative_directory_trains(ray_session, store, tmp_path, monkeypatch):
+def test_init_from_a_relative_directory_reaches_the_workers_absolute(store, tmp_path, monkeypatch):
     """`--set model.init_from=runs/x/model` as users type it: relative to the command's directory,
-    which is not the Ray Train workers' own."""
-    from pipelines.train import run_training
+    which is not the Ray Train workers' own; the workers get the absolute directory, MLflow and
+    recipe.yaml keep what the user wrote. (Training from an init model runs in the alias test.)"""
+    from pipelines.train import TrainingJob
 
     monkeypatch.chdir(store["simbert"].parent)
-    result = run_training(simbert_recipe(tmp_path, "from-relative", store["simbert"].name, steps=2), progress=False)
-    assert Transformer.from_pretrained(result.model_dir).config.hidden_size == 48   # the init model's
+    job = TrainingJob(simbert_recipe(tmp_path, "from-relative", store["simbert"].name, steps=2), None, False)
+    assert job.written.model.init_from == store["simbert"].name
+    given = Path(job.worker_recipe.model.init_from)
+    assert given.is_absolute() and given == store["simbert"].resolve()
+    monkeypatch.chdir(tmp_path)                      # a worker's own directory
+    assert Transformer.from_pretrained(given).config.hidden_size == 48   # the init model's
 
 
 def test_init_from_a_registered_alias_trains(ray_session, store, tmp_path):

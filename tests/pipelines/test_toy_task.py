@@ -3,6 +3,7 @@ trains through run_training with no other edit: the registry is the only place a
 
 import json
 
+import pytest
 import torch
 
 import tests.pipelines.toy_task  # noqa: F401  (registers "toy-first-char")
@@ -12,6 +13,7 @@ from pipelines.tasks import get_task
 from pipelines.train import run_training
 
 
+@pytest.mark.slow             # 32-38 s of Ray Train: in the slow set, to keep the default suite under 15 min
 def test_a_task_registered_outside_the_package_trains_and_exports(ray_session, tmp_path):
     from components.model import Transformer
     data = tmp_path / "pd.jsonl"

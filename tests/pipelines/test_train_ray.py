@@ -88,6 +88,7 @@ def test_resume_continues_to_the_same_loss(ray_session, corpus, tmp_path):
     assert resumed.metrics["eval_mlm_loss"] == pytest.approx(full.metrics["eval_mlm_loss"], rel=1e-4)
 
 
+@pytest.mark.slow             # 40-47 s of Ray Train: in the slow set, to keep the default suite under 15 min
 def test_linear_attention_trains(ray_session, corpus, tmp_path):
     # Also: a run with no validation split at all trains and exports.
     result = run_training(tiny(corpus, tmp_path, "model.attention=linear", "data.validation_fraction=0.0"),
