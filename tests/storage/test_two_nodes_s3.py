@@ -52,14 +52,15 @@ def cluster(tmp_path_factory):
         head.start()
         node = RayNode(head, num_cpus=1, resources={"node_b": 1, "train_slot": 1},
                        extra_env=node_env(root / "b", s3))
+        state = {"s3": s3, "head": head, "node": node, "root": root, "runtime_env": root / "runtime_env.yaml"}
         try:
             node.start()
             env = yaml.safe_load((REPO / "cluster" / "runtime_env.yaml").read_text(encoding="utf-8"))
             env.pop("pip")
             (root / "runtime_env.yaml").write_text(yaml.safe_dump(env), encoding="utf-8")
-            yield {"s3": s3, "head": head, "node": node, "root": root, "runtime_env": root / "runtime_env.yaml"}
+            yield state
         finally:
-            node.stop()
+            state["node"].stop()                # the node in place now: the kill test starts a new one
             head.stop()
 
 
