@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from components import objectstore
+from components import io, objectstore
 from pipelines.data import read_location
 from pipelines.predict_io import InputFile, input_table
 
@@ -61,8 +61,7 @@ def read_text(location: str) -> str | None:
 def publish(location: str, fill: Callable[[Path], None]) -> None:
     """`fill(tmp)` writes the file; it then appears at `location` whole (see the module doc)."""
     if not objectstore.is_remote(location):
-        from components.io import atomic_file
-        with atomic_file(location) as tmp:
+        with io.atomic_file(location) as tmp:
             fill(tmp)
         return
     with tempfile.TemporaryDirectory(prefix="bert4ray-predict-") as tmp:
@@ -83,8 +82,7 @@ def write_jsonl(location: str, rows: list[dict]) -> None:
     if not rows:
         remove(location)
         return
-    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-    publish(location, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    publish(location, lambda tmp: io.write_jsonl(tmp, rows))
 
 
 def write_output(f: InputFile, out: OutputDir, results: pa.Table, outputs: list[str]) -> list[dict]:
